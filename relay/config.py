@@ -1,0 +1,409 @@
+# Configuration: TOML -> frozen, keyword-only dataclasses, validated once at start-up.
+# Every error names the file, the key and what was expected, in one line.
+# Every key is documented once, in config.example.toml, with its default.
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import unquote, urlsplit
+
+from relay.errors import ConfigError
+
+# SES MatchingEventTypes, in the v1/config spelling relay uses.
+EVENT_TYPES = (
+    "send", "reject", "bounce", "complaint", "delivery", "open", "click",
+    "renderingFailure", "deliveryDelay", "subscription",
+)
+DESTINATION_TYPES = ("sqlite", "file", "webhook")
+HTTPS_POLICIES = ("REQUIRE", "REQUIRE_OPEN_ONLY", "OPTIONAL")
+# SES quotas: configuration set and event destination names are <= 64 of A-Z a-z 0-9 - _.
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmtpConfig:
+    listen: Listen = Listen(host="127.0.0.1", port=2525)
+    hostname: str = "relay.localhost"
+    max_message_size: int = 40 * 1024 * 1024  # SES's SMTP limit is 40 MB
+    max_recipients: int = 50  # SES: 50 recipients per message
+    config_set_header: str = "X-SES-CONFIGURATION-SET"
+    tags_header: str = "X-SES-MESSAGE-TAGS"
+    default_configuration_set: str | None = None
+    # Never an open relay: only these client networks may submit mail.
+    allowed_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamConfig:
+    url: str = field(default="maildir:./outbox", repr=False)  # may hold a password
+    scheme: str = "maildir"  # smtp | smtp+starttls | smtps | maildir
+    host: str = ""
+    port: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in logs
+    maildir: str | None = "./outbox"
+    connections: int = 4
+    timeout: float = 60.0
+    max_delivery_seconds: float = 4 * 3600.0
+    retry_first_delay: float = 5.0
+    retry_max_delay: float = 300.0
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for logs."""
+        if self.scheme == "maildir":
+            return f"maildir:{self.maildir}"
+        user = f"{self.username}@" if self.username else ""
+        return f"{self.scheme}://{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    listen: Listen = Listen(host="127.0.0.1", port=8080)
+    base_url: str = "http://127.0.0.1:8080"
+    window_days: float = 60.0
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # HMAC secrets; the first signs, all verify. Empty: one is generated and kept in storage.
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    path: str = "./relay.db"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventDestination:
+    name: str
+    type: str
+    enabled: bool = True
+    matching_event_types: frozenset[str] = frozenset()
+    path: str | None = None  # file
+    url: str | None = None  # webhook
+    secret: str | None = field(default=None, repr=False)  # webhook signature key
+
+    def matches(self, event_key: str) -> bool:
+        return self.enabled and event_key in self.matching_event_types
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigurationSet:
+    name: str
+    event_destinations: tuple[EventDestination, ...] = ()
+    tracking_base_url: str | None = None  # SES CustomRedirectDomain
+    https_policy: str = "OPTIONAL"  # SES HttpsPolicy
+
+    def publishes(self, event_key: str) -> bool:
+        return any(d.matches(event_key) for d in self.event_destinations)
+
+    @property
+    def tracks_opens(self) -> bool:
+        return self.publishes("open")
+
+    @property
+    def tracks_clicks(self) -> bool:
+        return self.publishes("click")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    source: str = "<embedded default>"
+    smtp: SmtpConfig = SmtpConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
+    configuration_sets: Mapping[str, ConfigurationSet] = field(default_factory=dict)
+
+
+def default_config() -> Config:
+    """The embedded default: loopback only, Maildir sink, one set tracking everything."""
+    everything = EventDestination(
+        name="sqlite", type="sqlite", matching_event_types=frozenset(EVENT_TYPES)
+    )
+    default = ConfigurationSet(name="default", event_destinations=(everything,))
+    return Config(
+        smtp=SmtpConfig(default_configuration_set="default"),
+        configuration_sets={"default": default},
+    )
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    return parse(data, source=str(p))
+
+
+def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
+    r = _Reader(source)
+    known = {"smtp", "upstream", "tracking", "storage", "configuration_sets"}
+    r.no_unknown(data, "", known)
+    smtp = _smtp(r, r.table(data, "smtp"))
+    upstream = _upstream(r, r.table(data, "upstream"))
+    tracking = _tracking(r, r.table(data, "tracking"))
+    storage = StorageConfig(path=r.string(r.table(data, "storage"), "storage.path", "./relay.db"))
+    sets: dict[str, ConfigurationSet] = {}
+    for name, body in r.table(data, "configuration_sets").items():
+        key = f"configuration_sets.{name}"
+        if not NAME_RE.match(name):
+            r.fail(key, "a name of 1-64 characters A-Z a-z 0-9 - _ (SES rule)", name)
+        if not isinstance(body, dict):
+            r.fail(key, "a table", body)
+        sets[name] = _configuration_set(r, key, name, body)
+    default = smtp.default_configuration_set
+    if default is not None and default not in sets:
+        r.fail("smtp.default_configuration_set", f"the name of a [configuration_sets.*] table ({', '.join(sets) or 'none defined'})", default)
+    return Config(source=source, smtp=smtp, upstream=upstream, tracking=tracking,
+                  storage=storage, configuration_sets=sets)
+
+
+class _Reader:
+    """Typed getters that raise ConfigError naming the file and the key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, expected: str, got: Any) -> None:
+        raise ConfigError(f"{self.source}: {key}: expected {expected}, got {got!r}")
+
+    def no_unknown(self, table: Mapping[str, Any], prefix: str, known: set[str]) -> None:
+        for k in table:
+            if k not in known:
+                full = f"{prefix}.{k}" if prefix else k
+                raise ConfigError(f"{self.source}: {full}: unknown key (known: {', '.join(sorted(known))})")
+
+    def table(self, data: Mapping[str, Any], key: str) -> dict[str, Any]:
+        v = data.get(key.rsplit(".", 1)[-1], {})
+        if not isinstance(v, dict):
+            self.fail(key, "a table", v)
+        return v
+
+    def string(self, t: Mapping[str, Any], key: str, default: str) -> str:
+        v = t.get(key.rsplit(".", 1)[-1], default)
+        if not isinstance(v, str) or not v:
+            self.fail(key, "a non-empty string", v)
+        return v
+
+    def opt_string(self, t: Mapping[str, Any], key: str) -> str | None:
+        v = t.get(key.rsplit(".", 1)[-1])
+        if v is not None and (not isinstance(v, str) or not v):
+            self.fail(key, "a non-empty string", v)
+        return v
+
+    def boolean(self, t: Mapping[str, Any], key: str, default: bool) -> bool:
+        v = t.get(key.rsplit(".", 1)[-1], default)
+        if not isinstance(v, bool):
+            self.fail(key, "true or false", v)
+        return v
+
+    def integer(self, t: Mapping[str, Any], key: str, default: int, *, minimum: int = 1) -> int:
+        v = t.get(key.rsplit(".", 1)[-1], default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            self.fail(key, f"an integer >= {minimum}", v)
+        return v
+
+    def number(self, t: Mapping[str, Any], key: str, default: float) -> float:
+        v = t.get(key.rsplit(".", 1)[-1], default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            self.fail(key, "a number > 0", v)
+        return float(v)
+
+    def listen(self, t: Mapping[str, Any], key: str, default: Listen) -> Listen:
+        v = t.get(key.rsplit(".", 1)[-1])
+        if v is None:
+            return default
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", v) if isinstance(v, str) else None
+        port = int(m.group(2) or m.group(4)) if m else -1
+        if not m or not 0 <= port <= 65535:
+            self.fail(key, '"host:port" (IPv6 as "[::1]:port")', v)
+        assert m is not None
+        return Listen(host=m.group(1) or m.group(3), port=port)
+
+    def networks(self, t: Mapping[str, Any], key: str, default: tuple[Any, ...]) -> tuple[Any, ...]:
+        v = t.get(key.rsplit(".", 1)[-1])
+        if v is None:
+            return default
+        if not isinstance(v, list):
+            self.fail(key, 'a list of addresses or networks like "10.0.0.0/8"', v)
+        out = []
+        for item in v:
+            try:
+                out.append(ipaddress.ip_network(item, strict=False))
+            except (ValueError, TypeError):
+                self.fail(key, 'a list of addresses or networks like "10.0.0.0/8"', item)
+        return tuple(out)
+
+    def base_url(self, t: Mapping[str, Any], key: str, default: str | None) -> str | None:
+        v = t.get(key.rsplit(".", 1)[-1], default)
+        if v is None:
+            return None
+        parts = urlsplit(v) if isinstance(v, str) else None
+        if not parts or parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            self.fail(key, "an absolute http(s) URL without query, like https://t.example.com", v)
+        return v.rstrip("/")
+
+
+def _smtp(r: _Reader, t: dict[str, Any]) -> SmtpConfig:
+    r.no_unknown(t, "smtp", {"listen", "hostname", "max_message_size", "max_recipients",
+                             "config_set_header", "tags_header", "default_configuration_set",
+                             "allowed_clients"})
+    d = SmtpConfig()
+    header_re = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field-name: printable ASCII but ':'
+    cs_header = r.string(t, "smtp.config_set_header", d.config_set_header)
+    tags_header = r.string(t, "smtp.tags_header", d.tags_header)
+    for key, v in (("smtp.config_set_header", cs_header), ("smtp.tags_header", tags_header)):
+        if not header_re.match(v):
+            r.fail(key, "a header field name (RFC 5322)", v)
+    return SmtpConfig(
+        listen=r.listen(t, "smtp.listen", d.listen),
+        hostname=r.string(t, "smtp.hostname", d.hostname),
+        max_message_size=r.integer(t, "smtp.max_message_size", d.max_message_size, minimum=1024),
+        max_recipients=r.integer(t, "smtp.max_recipients", d.max_recipients),
+        config_set_header=cs_header,
+        tags_header=tags_header,
+        default_configuration_set=r.opt_string(t, "smtp.default_configuration_set"),
+        allowed_clients=r.networks(t, "smtp.allowed_clients", d.allowed_clients),
+    )
+
+
+def _upstream(r: _Reader, t: dict[str, Any]) -> UpstreamConfig:
+    r.no_unknown(t, "upstream", {"url", "connections", "timeout", "max_delivery_seconds",
+                                 "retry_first_delay", "retry_max_delay"})
+    d = UpstreamConfig()
+    url = r.string(t, "upstream.url", d.url)
+    common = dict(
+        url=url,
+        connections=r.integer(t, "upstream.connections", d.connections),
+        timeout=r.number(t, "upstream.timeout", d.timeout),
+        max_delivery_seconds=r.number(t, "upstream.max_delivery_seconds", d.max_delivery_seconds),
+        retry_first_delay=r.number(t, "upstream.retry_first_delay", d.retry_first_delay),
+        retry_max_delay=r.number(t, "upstream.retry_max_delay", d.retry_max_delay),
+    )
+    expected = "smtp://host:port, smtp+starttls://user:pass@host:port, smtps://user:pass@host:port or maildir:PATH"
+    if url.startswith("maildir:"):
+        path = url[len("maildir:"):]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            r.fail("upstream.url", expected, url)
+        return UpstreamConfig(scheme="maildir", maildir=path, **common)  # type: ignore[arg-type]
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        r.fail("upstream.url", expected, _redact(url))
+    if parts.scheme not in ("smtp", "smtp+starttls", "smtps") or not parts.hostname or parts.path not in ("", "/"):
+        r.fail("upstream.url", expected, _redact(url))
+    if port is None:
+        port = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}[parts.scheme]
+    if (parts.username is None) != (parts.password is None):
+        r.fail("upstream.url", "both a user and a password, or neither", _redact(url))
+    return UpstreamConfig(
+        scheme=parts.scheme, host=parts.hostname, port=port, maildir=None,  # type: ignore[arg-type]
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _redact(url: str) -> str:
+    """Never echo a password back, even in an error line."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _tracking(r: _Reader, t: dict[str, Any]) -> TrackingConfig:
+    r.no_unknown(t, "tracking", {"listen", "base_url", "window_days", "trusted_proxies", "secrets"})
+    d = TrackingConfig()
+    secrets = t.get("secrets", [])
+    if not isinstance(secrets, list) or not all(isinstance(s, str) and len(s) >= 16 for s in secrets):
+        r.fail("tracking.secrets", "a list of strings of at least 16 characters", "<redacted>")
+    listen = r.listen(t, "tracking.listen", d.listen)
+    default_base = f"http://{listen}" if "base_url" not in t else d.base_url
+    return TrackingConfig(
+        listen=listen,
+        base_url=r.base_url(t, "tracking.base_url", default_base) or default_base,
+        window_days=r.number(t, "tracking.window_days", d.window_days),
+        trusted_proxies=r.networks(t, "tracking.trusted_proxies", ()),
+        secrets=tuple(secrets),
+    )
+
+
+def _configuration_set(r: _Reader, key: str, name: str, t: dict[str, Any]) -> ConfigurationSet:
+    r.no_unknown(t, key, {"event_destinations", "tracking_base_url", "https_policy"})
+    policy = t.get("https_policy", "OPTIONAL")
+    if policy not in HTTPS_POLICIES:
+        r.fail(f"{key}.https_policy", " or ".join(HTTPS_POLICIES), policy)
+    dests_raw = t.get("event_destinations", [])
+    if not isinstance(dests_raw, list):
+        r.fail(f"{key}.event_destinations", "an array of tables [[...event_destinations]]", dests_raw)
+    dests: list[EventDestination] = []
+    for i, d in enumerate(dests_raw):
+        dkey = f"{key}.event_destinations[{i}]"
+        if not isinstance(d, dict):
+            r.fail(dkey, "a table", d)
+        dests.append(_destination(r, dkey, d))
+    names = [d.name for d in dests]
+    for n in names:
+        if names.count(n) > 1:
+            r.fail(f"{key}.event_destinations", "unique destination names", n)
+    return ConfigurationSet(
+        name=name,
+        event_destinations=tuple(dests),
+        tracking_base_url=r.base_url(t, f"{key}.tracking_base_url", None),
+        https_policy=policy,
+    )
+
+
+def _destination(r: _Reader, key: str, t: dict[str, Any]) -> EventDestination:
+    r.no_unknown(t, key, {"name", "type", "enabled", "matching_event_types", "path", "url", "secret"})
+    name = r.string(t, f"{key}.name", "")
+    if not NAME_RE.match(name):
+        r.fail(f"{key}.name", "1-64 characters A-Z a-z 0-9 - _ (SES rule)", name)
+    kind = t.get("type")
+    if kind not in DESTINATION_TYPES:
+        r.fail(f"{key}.type", " or ".join(DESTINATION_TYPES), kind)
+    types = t.get("matching_event_types")
+    if not isinstance(types, list) or not types:
+        r.fail(f"{key}.matching_event_types", f"a non-empty list of {', '.join(EVENT_TYPES)}", types)
+    assert isinstance(types, list)
+    for et in types:
+        if et not in EVENT_TYPES:
+            r.fail(f"{key}.matching_event_types", f"event types from {', '.join(EVENT_TYPES)}", et)
+    path = url = secret = None
+    if kind == "file":
+        path = r.string(t, f"{key}.path", "")
+    elif kind == "webhook":
+        url = r.string(t, f"{key}.url", "")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            r.fail(f"{key}.url", "an absolute http(s) URL", url)
+        secret = r.opt_string(t, f"{key}.secret")
+    for k in ("path", "url", "secret"):
+        if k in t and {"path": path, "url": url, "secret": secret}[k] is None:
+            raise ConfigError(f"{r.source}: {key}.{k}: not used by type {kind!r}")
+    return EventDestination(
+        name=name, type=kind, enabled=r.boolean(t, f"{key}.enabled", True),  # type: ignore[arg-type]
+        matching_event_types=frozenset(types), path=path, url=url, secret=secret,
+    )

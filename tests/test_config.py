@@ -1,0 +1,117 @@
+# Config: TOML -> dataclasses; every error is one line naming the file and key.
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay import config as cfg
+from relay.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_example_config_is_valid() -> None:
+    c = cfg.load(ROOT / "config.example.toml")
+    assert c.smtp.listen.port == 2525
+    assert c.configuration_sets["default"].tracks_clicks
+    assert c.configuration_sets["default"].event_destinations[2].enabled is False
+
+
+def test_embedded_default() -> None:
+    c = cfg.default_config()
+    assert str(c.smtp.listen) == "127.0.0.1:2525"
+    assert str(c.tracking.listen) == "127.0.0.1:8080"
+    assert c.tracking.base_url == "http://127.0.0.1:8080"
+    assert c.upstream.scheme == "maildir" and c.upstream.maildir == "./outbox"
+    assert c.storage.path == "./relay.db"
+    assert c.smtp.default_configuration_set == "default"
+    default = c.configuration_sets["default"]
+    assert default.tracks_opens and default.tracks_clicks
+    assert default.event_destinations[0].matching_event_types == frozenset(cfg.EVENT_TYPES)
+
+
+@pytest.mark.parametrize("url, scheme, host, port, user", [
+    ("smtp://127.0.0.1:2526", "smtp", "127.0.0.1", 2526, None),
+    ("smtp+starttls://u%40x:p%3Aw@127.0.0.1:587", "smtp+starttls", "127.0.0.1", 587, "u@x"),
+    ("smtps://u:p@127.0.0.1", "smtps", "127.0.0.1", 465, "u"),
+    ("maildir:/tmp/box", "maildir", "", 0, None),
+])
+def test_upstream_urls(url: str, scheme: str, host: str, port: int, user: str | None) -> None:
+    u = cfg.parse({"upstream": {"url": url}}).upstream
+    assert (u.scheme, u.host, u.port, u.username) == (scheme, host, port, user)
+
+
+def test_password_never_in_repr_or_safe_url() -> None:
+    u = cfg.parse({"upstream": {"url": "smtps://user:hunter2secret@127.0.0.1:465"}}).upstream
+    assert u.password == "hunter2secret"
+    assert "hunter2secret" not in repr(u) and "hunter2secret" not in u.safe_url
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"smtp": {"listen": "nope"}}, "smtp.listen"),
+    ({"smtp": {"listen": "127.0.0.1:99999"}}, "smtp.listen"),
+    ({"smtp": {"max_message_size": "big"}}, "smtp.max_message_size"),
+    ({"smtp": {"default_configuration_set": "missing"}}, "smtp.default_configuration_set"),
+    ({"smtp": {"allowed_clients": ["not-an-ip"]}}, "smtp.allowed_clients"),
+    ({"smtp": {"bogus": 1}}, "smtp.bogus"),
+    ({"upstream": {"url": "http://127.0.0.1"}}, "upstream.url"),
+    ({"upstream": {"url": "smtp://u@127.0.0.1"}}, "upstream.url"),
+    ({"upstream": {"connections": 0}}, "upstream.connections"),
+    ({"tracking": {"base_url": "ftp://x"}}, "tracking.base_url"),
+    ({"tracking": {"window_days": -1}}, "tracking.window_days"),
+    ({"tracking": {"secrets": ["short"]}}, "tracking.secrets"),
+    ({"configuration_sets": {"bad name": {}}}, "configuration_sets.bad name"),
+    ({"configuration_sets": {"s": {"https_policy": "SOMETIMES"}}}, "configuration_sets.s.https_policy"),
+    ({"configuration_sets": {"s": {"event_destinations": [{"name": "d", "type": "kafka", "matching_event_types": ["send"]}]}}},
+     "configuration_sets.s.event_destinations[0].type"),
+    ({"configuration_sets": {"s": {"event_destinations": [{"name": "d", "type": "sqlite", "matching_event_types": ["opens"]}]}}},
+     "configuration_sets.s.event_destinations[0].matching_event_types"),
+    ({"configuration_sets": {"s": {"event_destinations": [{"name": "d", "type": "file", "matching_event_types": ["send"]}]}}},
+     "configuration_sets.s.event_destinations[0].path"),
+    ({"configuration_sets": {"s": {"event_destinations": [{"name": "d", "type": "webhook", "url": "nope", "matching_event_types": ["send"]}]}}},
+     "configuration_sets.s.event_destinations[0].url"),
+])
+def test_errors_name_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        cfg.parse(data, source="relay.toml")
+    msg = str(e.value)
+    assert msg.startswith(f"relay.toml: {key}:"), msg
+    assert "\n" not in msg
+
+
+def test_password_not_echoed_in_errors() -> None:
+    with pytest.raises(ConfigError) as e:
+        cfg.parse({"upstream": {"url": "smtp://user:topsecret@127.0.0.1/path"}})
+    assert "topsecret" not in str(e.value)
+
+
+def test_invalid_toml_names_file(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text("[smtp\nlisten=")
+    with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML"):
+        cfg.load(p)
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    good = subprocess.run([sys.executable, "-m", "relay.cli", "check-config", "--config",
+                           str(ROOT / "config.example.toml")], capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0 and "OK" in good.stdout
+    bad = tmp_path / "relay.toml"
+    bad.write_text('[upstream]\nurl = "gopher://x"\n')
+    r = subprocess.run([sys.executable, "-m", "relay.cli", "check-config", "--config", str(bad)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "upstream.url" in lines[0] and str(bad) in lines[0]
+
+
+def test_serve_with_bad_config_exits_before_binding(tmp_path: Path) -> None:
+    bad = tmp_path / "relay.toml"
+    bad.write_text('[smtp]\nlisten = "127.0.0.1:2525"\nmax_recipients = "many"\n')
+    r = subprocess.run([sys.executable, "-m", "relay.cli", "serve", "--config", str(bad)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1 and "smtp.max_recipients" in r.stderr
