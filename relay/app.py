@@ -1,0 +1,103 @@
+# The composition root: builds every part from the Config, starts them in
+# dependency order and stops them in reverse (an AsyncExitStack), so SIGTERM
+# stops intake first and closes the store last with nothing lost.
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from relay.config import Config
+from relay.delivery import Deliverer, Schedule
+from relay.events.bus import Destination, EventBus
+from relay.events.file import FileDestination
+from relay.events.sqlite import SqliteDestination
+from relay.events.webhook import WebhookDestination
+from relay.smtp import IntakeHandler, SmtpServer
+from relay.spool import Spool
+from relay.store import Store, new_secret
+from relay.tokens import Signer
+from relay.tracking import TrackingServer
+from relay.upstream import make_upstream
+
+log = logging.getLogger("relay")
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(config.storage.path)
+        self.smtp: SmtpServer | None = None
+        self.tracking: TrackingServer | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    async def start(self) -> None:
+        config = self.config
+        stack = self._stack
+        await self.store.open()
+        stack.push_async_callback(self.store.close)
+
+        secrets = list(config.tracking.secrets) or [await self.store.setting("token_secret", new_secret)]
+        self.signer = Signer([s.encode() for s in secrets])
+
+        destinations: dict[tuple[str, str], Destination] = {}
+        for cset in config.configuration_sets.values():
+            for d in cset.event_destinations:
+                name = f"{cset.name}/{d.name}"
+                dest: Destination
+                if d.type == "sqlite":
+                    dest = SqliteDestination(name, self.store)
+                elif d.type == "file":
+                    assert d.path is not None
+                    dest = FileDestination(name, d.path)
+                else:
+                    assert d.url is not None
+                    dest = WebhookDestination(name, d.url, d.secret, self.store)
+                await dest.start()
+                stack.push_async_callback(dest.close)
+                destinations[(cset.name, d.name)] = dest
+        self.bus = EventBus(config.configuration_sets, destinations)
+
+        self.spool = Spool(self.store)
+        self.schedule = Schedule()
+        upstream = make_upstream(config.upstream, local_hostname=config.smtp.hostname)
+        stack.push_async_callback(upstream.close)
+        self.deliverer = Deliverer(config=config, spool=self.spool, upstream=upstream, bus=self.bus,
+                                   signer=self.signer, schedule=self.schedule)
+        for job in await self.spool.pending():  # resume at once after a restart
+            job.due = 0.0
+            self.schedule.add(job)
+        self.deliverer.start(config.upstream.connections)
+        stack.push_async_callback(self.deliverer.stop)
+
+        self.tracking = TrackingServer(config=config, signer=self.signer, spool=self.spool, bus=self.bus)
+        await self.tracking.start()
+        stack.push_async_callback(self.tracking.stop)
+
+        handler = IntakeHandler(config=config, spool=self.spool, schedule=self.schedule, bus=self.bus)
+        self.smtp = SmtpServer(config, handler)
+        await self.smtp.start()
+        stack.push_async_callback(self.smtp.stop)
+        log.info("relay: SMTP on %s, upstream %s, storage %s", config.smtp.listen,
+                 config.upstream.safe_url, config.storage.path)
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+
+
+async def serve(config: Config) -> None:
+    app = App(config)
+    await app.start()
+    print(f"relay: SMTP listening on {config.smtp.listen}; tracking on {config.tracking.listen}; "
+          f"upstream {config.upstream.safe_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("relay: shutting down")
+        await app.stop()
+        print("relay: stopped", flush=True)

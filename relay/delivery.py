@@ -1,0 +1,233 @@
+# Delivery workers: take due jobs from the schedule, instrument per recipient
+# when the configuration set tracks opens or clicks, hand them to the upstream,
+# then record each recipient's outcome and publish Delivery/Bounce/DeliveryDelay.
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+from relay import dsn as dsn_mod
+from relay.config import Config
+from relay.events import records
+from relay.events.bus import EventBus
+from relay.instrument import TrackingOptions, personalize, prepare
+from relay.intake import new_message_id, split_header_block
+from relay.retry import Outcome, RetryPolicy, bounce_subtype, classify, delay_type, enhanced_status, next_attempt_at
+from relay.spool import Job, Spool, put_statements, result_statements
+from relay.tokens import Signer
+from relay.upstream import Reply, Upstream
+
+log = logging.getLogger("relay.delivery")
+
+
+class Schedule:
+    """Jobs ordered by due time; workers wait for the earliest one to come due."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._heap: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._changed = asyncio.Event()
+        self._clock = clock
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, job: Job) -> None:
+        heapq.heappush(self._heap, (job.due, next(self._seq), job))
+        self._changed.set()
+
+    async def take(self) -> Job | None:
+        """The next due job, or None once closed."""
+        while not self.closed:
+            now = self._clock()
+            if self._heap and self._heap[0][0] <= now:
+                return heapq.heappop(self._heap)[2]
+            wait = self._heap[0][0] - now if self._heap else None
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+        self._changed.set()
+
+
+class Deliverer:
+    def __init__(self, *, config: Config, spool: Spool, upstream: Upstream, bus: EventBus,
+                 signer: Signer, schedule: Schedule) -> None:
+        self._config = config
+        self._spool = spool
+        self._upstream = upstream
+        self._bus = bus
+        self._signer = signer
+        self._schedule = schedule
+        self._policy = RetryPolicy(
+            first_delay=config.upstream.retry_first_delay,
+            max_delay=config.upstream.retry_max_delay,
+            max_delivery_seconds=config.upstream.max_delivery_seconds,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.in_flight = 0
+
+    def start(self, workers: int) -> None:
+        for i in range(workers):
+            self._tasks.append(asyncio.create_task(self._work(), name=f"delivery-{i}"))
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; let attempts under way finish (they are recorded), then return."""
+        self._schedule.close()
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for t in pending:  # still pending in the spool: resumed after restart
+                t.cancel()
+            for t in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        self._tasks.clear()
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._schedule.take()
+            if job is None:
+                return
+            self.in_flight += 1
+            try:
+                await self.attempt(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug must not kill the worker or lose the job
+                log.exception("delivery of %s failed unexpectedly; retrying later", job.message_id)
+                job.due = time.time() + self._policy.max_delay
+                self._schedule.add(job)
+            finally:
+                self.in_flight -= 1
+
+    async def attempt(self, job: Job) -> None:
+        if job.data is None:
+            job.data = await self._spool.load_data(job.message_id)
+            if job.data is None:
+                log.error("message %s has pending recipients but no data; dropping them", job.message_id)
+                return
+        recipients = list(job.attempts)
+        replies = await self._send(job, recipients)
+        await self._record(job, replies)
+
+    async def _send(self, job: Job, recipients: list[str]) -> dict[str, Reply]:
+        assert job.data is not None
+        cset = self._config.configuration_sets.get(job.configuration_set or "")
+        if not job.tracked or cset is None:
+            # Untracked: byte-for-byte as accepted, one transaction for all recipients.
+            return await self._upstream.send(job.mail_from, recipients, job.data)
+        if job.prepared is None:
+            job.prepared = prepare(job.data, TrackingOptions(open=cset.tracks_opens, click=cset.tracks_clicks))
+        prepared = job.prepared
+        if prepared.failure is not None:
+            if not job.rendering_reported:
+                job.rendering_reported = True
+                self._bus.publish(job.configuration_set, records.rendering_failure_event(
+                    job.mail, error_message=prepared.failure))
+            return await self._upstream.send(job.mail_from, recipients, job.data)
+        base_url = cset.tracking_base_url or self._config.tracking.base_url
+        replies: dict[str, Reply] = {}
+        # One transaction per recipient, each with its own tokens (per-recipient attribution).
+        for rcpt in recipients:
+            data = personalize(prepared, signer=self._signer, base_url=base_url,
+                               https_policy=cset.https_policy, message_id=job.message_id,
+                               recipient=rcpt, sent_at=job.accepted_at)
+            replies.update(await self._upstream.send(job.mail_from, [rcpt], data))
+        return replies
+
+    async def _record(self, job: Job, replies: dict[str, Reply]) -> None:
+        now = time.time()
+        now_dt = datetime.fromtimestamp(now, timezone.utc)
+        hostname = self._config.smtp.hostname
+        delivered: list[tuple[str, str]] = []
+        bounced: list[tuple[str, str]] = []
+        deferred: list[tuple[str, int, float, str]] = []
+        failed: list[dsn_mod.FailedRecipient] = []
+        events: list[tuple[dict, str]] = []
+        for rcpt, reply in replies.items():
+            text = str(reply)
+            outcome = classify(reply.code)
+            if outcome is Outcome.DELIVERED:
+                delivered.append((rcpt, text))
+                events.append((records.delivery_event(
+                    job.mail, recipients=[rcpt], timestamp=now_dt, smtp_response=text,
+                    reporting_mta=hostname, remote_mta_ip=reply.remote or None), rcpt))
+                continue
+            attempts = job.attempts[rcpt] + 1
+            status = enhanced_status(reply.code, reply.message)
+            retry_at = None
+            if outcome is Outcome.TRANSIENT:
+                retry_at = next_attempt_at(self._policy, accepted_at=job.accepted_at, now=now, attempts=attempts)
+            if retry_at is not None:
+                job.attempts[rcpt] = attempts
+                deferred.append((rcpt, attempts, retry_at, text))
+                expires = datetime.fromtimestamp(job.accepted_at + self._policy.max_delivery_seconds, timezone.utc)
+                events.append((records.delivery_delay_event(
+                    job.mail, recipients=[records.DelayedRecipient(
+                        email_address=rcpt, status=status, diagnostic_code=f"smtp; {text}")],
+                    delay_type=delay_type(reply.code, reply.message), expiration_time=expires,
+                    timestamp=now_dt, reporting_mta=hostname), rcpt))
+                continue
+            if outcome is Outcome.TRANSIENT:  # retried until max_delivery_seconds: give up
+                status, bounce_type, sub = "4.4.7", "Transient", "General"
+                text = f"{text} (gave up after {attempts} attempts: delivery time expired)"
+            else:
+                bounce_type, sub = "Permanent", bounce_subtype(reply.code, reply.message)
+            bounced.append((rcpt, text))
+            failed.append(dsn_mod.FailedRecipient(recipient=rcpt, status=status, diagnostic=text,
+                                                  remote_mta=reply.remote or None))
+            events.append((records.bounce_event(
+                job.mail, recipients=[records.BouncedRecipient(
+                    email_address=rcpt, status=status, diagnostic_code=f"smtp; {text}")],
+                bounce_type=bounce_type, bounce_sub_type=sub, timestamp=now_dt,
+                feedback_id=new_message_id(now), reporting_mta=hostname), rcpt))
+        for rcpt, _ in delivered + bounced:
+            job.attempts.pop(rcpt, None)
+        finished = not job.attempts
+        stmts = result_statements(job.message_id, delivered=delivered, bounced=bounced,
+                                  deferred=deferred, finished=finished)
+        notice = self._dsn_job(job, failed, now) if failed else None
+        if notice is not None:
+            stmts += put_statements(notice)  # the DSN is spooled in the same commit
+        await self._spool.write(stmts)
+        for record, rcpt in events:
+            self._bus.publish(job.configuration_set, record, rcpt)
+        if notice is not None:
+            self._schedule.add(notice)
+        if not finished:
+            job.due = min(at for _, _, at, _ in deferred) if deferred else now
+            if len(job.attempts) > 0:
+                self._schedule.add(job)
+        else:
+            job.data = None
+            job.prepared = None
+
+    def _dsn_job(self, job: Job, failed: list[dsn_mod.FailedRecipient], now: float) -> Job | None:
+        """An RFC 3464 bounce to the envelope sender; never to the null sender (RFC 5321 §4.5.5)."""
+        if not job.mail_from:
+            return None
+        assert job.data is not None
+        header_block, _ = split_header_block(job.data)
+        mid = new_message_id(now)
+        hostname = self._config.smtp.hostname
+        data = dsn_mod.build_dsn(
+            reporting_mta=hostname, envid=job.message_id, original_sender=job.mail_from,
+            original_headers=header_block, failed=failed,
+            arrival_date=datetime.fromtimestamp(job.accepted_at, timezone.utc),
+            now=datetime.fromtimestamp(now, timezone.utc), message_id=f"{mid}@{hostname}")
+        info = records.MailInfo(
+            message_id=mid, timestamp=datetime.fromtimestamp(now, timezone.utc), source="",
+            destination=(job.mail_from,), headers=(), headers_truncated=False,
+            common_headers={}, tags={})
+        return Job(message_id=mid, accepted_at=now, configuration_set=None, mail_from="",
+                   mail=info, tracked=False, attempts={job.mail_from: 0}, due=now, data=data)

@@ -1,0 +1,177 @@
+# SMTP intake: the aiosmtpd handler. The server owns the protocol; this handler
+# owns the policy (who may send, how many recipients) and turns the intake
+# decision into a durable spool entry before it answers "250 Ok <message-id>".
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+import weakref
+from datetime import datetime, timezone
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from relay import intake
+from relay.config import Config
+from relay.delivery import Schedule
+from relay.errors import Rejected
+from relay.events import records
+from relay.events.bus import EventBus
+from relay.spool import Job, Spool
+
+log = logging.getLogger("relay.smtp")
+
+# Replies, named once (RFC 5321 §4.2 codes, RFC 3463 enhanced status codes).
+NOT_ALLOWED = "550 5.7.1 Relaying denied: client {ip} is not in smtp.allowed_clients"
+TOO_MANY_RCPTS = "452 4.5.3 Too many recipients (at most {n} per message)"
+TEMP_FAILURE = "451 4.3.0 Temporary service failure"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+
+class IntakeHandler:
+    def __init__(self, *, config: Config, spool: Spool, schedule: Schedule, bus: EventBus) -> None:
+        self._config = config
+        self._spool = spool
+        self._schedule = schedule
+        self._bus = bus
+        self.in_flight = 0
+        self.accepting = True
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd reads commands in order from the stream, so pipelined clients
+        # work; advertise it (RFC 2920).
+        return responses[:-1] + ["250-PIPELINING"] + responses[-1:]
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if not self.accepting:
+            return SHUTTING_DOWN
+        peer = _peer_ip(session)
+        if not _allowed(peer, self._config.smtp.allowed_clients):
+            return NOT_ALLOWED.format(ip=peer)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self._config.smtp.max_recipients:
+            return TOO_MANY_RCPTS.format(n=self._config.smtp.max_recipients)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if not self.accepting:
+            return SHUTTING_DOWN
+        self.in_flight += 1
+        try:
+            return await self._accept(session, envelope)
+        finally:
+            self.in_flight -= 1
+
+    async def _accept(self, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        assert isinstance(raw, bytes)
+        now = time.time()
+        now_dt = datetime.fromtimestamp(now, timezone.utc)
+        peer = _peer_ip(session)
+        rcpts = list(envelope.rcpt_tos)
+        # aiosmtpd keeps the null reverse-path as "<>"; relay uses "" (RFC 5321 §4.5.5)
+        sender = "" if envelope.mail_from in ("<>", None) else str(envelope.mail_from)
+        try:
+            accepted = intake.accept(raw, config=self._config, helo=session.host_name, peer_ip=peer,
+                                     recipients=rcpts, now=now_dt, message_id=intake.new_message_id(now))
+        except Rejected as e:
+            log.info("refused message from %s: %s", peer, e.reply)
+            return e.reply
+        cset = accepted.configuration_set
+        mail = records.mail_info(
+            message_id=accepted.message_id, timestamp=now_dt, source=sender,
+            destination=rcpts, header_block=accepted.header_block,
+            configuration_set=cset.name if cset else None, message_tags=accepted.tags,
+            source_ip=peer, caller_identity=_auth_user(session),
+        )
+        job = Job(message_id=accepted.message_id, accepted_at=now,
+                  configuration_set=cset.name if cset else None, mail_from=sender,
+                  mail=mail, tracked=bool(cset and (cset.tracks_opens or cset.tracks_clicks)),
+                  attempts={r: 0 for r in dict.fromkeys(rcpts)}, due=now, data=accepted.data)
+        try:
+            await self._spool.put(job)
+        except Exception:  # noqa: BLE001 - nothing is accepted that is not stored
+            log.exception("could not spool a message from %s", peer)
+            return TEMP_FAILURE
+        self._bus.publish(job.configuration_set, records.send_event(mail))
+        self._schedule.add(job)
+        log.info("accepted %s from %s: <%s> -> %d recipient(s), configuration set %s",
+                 job.message_id, peer, job.mail_from, len(rcpts), job.configuration_set or "-")
+        return f"250 Ok {job.message_id}"
+
+
+def _peer_ip(session: Session) -> str:
+    peer: Any = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+def _auth_user(session: Session) -> str | None:
+    data = getattr(session, "auth_data", None)
+    login = getattr(data, "login", None)
+    return login.decode("utf-8", "replace") if isinstance(login, bytes) else login
+
+
+def _allowed(ip: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return any(addr in n for n in networks)
+
+
+class SmtpServer:
+    """The listening socket and the sessions on it, for graceful shutdown."""
+
+    def __init__(self, config: Config, handler: IntakeHandler) -> None:
+        self._config = config
+        self._handler = handler
+        self._server: asyncio.base_events.Server | None = None
+        self._protocols: weakref.WeakSet[SMTP] = weakref.WeakSet()  # closed sessions drop out
+
+    def _factory(self) -> SMTP:
+        smtp = self._config.smtp
+        proto = SMTP(self._handler, data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,
+                     decode_data=False, hostname=smtp.hostname, ident="relay ESMTP")
+        self._protocols.add(proto)
+        return proto
+
+    async def start(self) -> None:
+        listen = self._config.smtp.listen
+        self._server = await asyncio.get_running_loop().create_server(
+            self._factory, host=listen.host, port=listen.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting; let DATA in flight finish (and be spooled); close sessions."""
+        if self._server is None:
+            return
+        self._server.close()
+        self._handler.accepting = False
+        deadline = time.monotonic() + timeout
+        while self._handler.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for proto in list(self._protocols):
+            transport = getattr(proto, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.close()
+        self._protocols.clear()
+        await self._server.wait_closed()
+        self._server = None

@@ -1,0 +1,120 @@
+# The durable queue: a message is committed (fsync'd) before intake answers 250,
+# each recipient's state moves pending -> delivered | bounced, and pending work
+# is found again after a restart. Statement builders are pure; Store runs them.
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Sequence
+
+from relay.events.records import MailInfo
+from relay.store import Statement, Store
+
+
+@dataclass(kw_only=True)
+class Job:
+    """One message with recipients still to deliver (in memory, rebuilt from the spool)."""
+
+    message_id: str
+    accepted_at: float
+    configuration_set: str | None
+    mail_from: str
+    mail: MailInfo
+    tracked: bool
+    attempts: dict[str, int]  # pending recipient -> failed attempts so far
+    due: float = 0.0
+    data: bytes | None = None  # loaded lazily after a restart
+    prepared: Any = None  # the instrumentation of `data`, kept across retries
+    rendering_reported: bool = False
+    seq: int = field(default=0, compare=False)
+
+
+def mail_to_json(info: MailInfo) -> str:
+    return json.dumps({
+        "message_id": info.message_id, "timestamp": info.timestamp.isoformat(),
+        "source": info.source, "destination": list(info.destination),
+        "headers": [list(h) for h in info.headers], "headers_truncated": info.headers_truncated,
+        "common_headers": info.common_headers, "tags": info.tags,
+    }, ensure_ascii=False)
+
+
+def mail_from_json(text: str) -> MailInfo:
+    d = json.loads(text)
+    return MailInfo(
+        message_id=d["message_id"], timestamp=datetime.fromisoformat(d["timestamp"]),
+        source=d["source"], destination=tuple(d["destination"]),
+        headers=tuple((h[0], h[1]) for h in d["headers"]), headers_truncated=d["headers_truncated"],
+        common_headers=d["common_headers"], tags=d["tags"],
+    )
+
+
+def put_statements(job: Job) -> list[Statement]:
+    assert job.data is not None
+    stmts: list[Statement] = [(
+        "INSERT INTO messages(id, accepted_at, configuration_set, mail_from, data, mail, tracked) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (job.message_id, job.accepted_at, job.configuration_set, job.mail_from, job.data,
+         mail_to_json(job.mail), int(job.tracked)),
+    )]
+    for rcpt in job.attempts:
+        stmts.append(("INSERT INTO recipients(message_id, recipient, next_attempt_at) VALUES (?, ?, ?)",
+                      (job.message_id, rcpt, job.accepted_at)))
+    return stmts
+
+
+def result_statements(message_id: str, *, delivered: Sequence[tuple[str, str]] = (),
+                      bounced: Sequence[tuple[str, str]] = (),
+                      deferred: Sequence[tuple[str, int, float, str]] = (),
+                      finished: bool = False) -> list[Statement]:
+    """Record one attempt: (rcpt, reply) delivered/bounced, (rcpt, attempts, next_at, reply) deferred."""
+    upd = "UPDATE recipients SET state = ?, last_reply = ? WHERE message_id = ? AND recipient = ?"
+    stmts: list[Statement] = [(upd, ("delivered", reply, message_id, r)) for r, reply in delivered]
+    stmts += [(upd, ("bounced", reply, message_id, r)) for r, reply in bounced]
+    stmts += [("UPDATE recipients SET attempts = ?, next_attempt_at = ?, last_reply = ? "
+               "WHERE message_id = ? AND recipient = ?", (n, at, reply, message_id, r))
+              for r, n, at, reply in deferred]
+    if finished:
+        # Every recipient is final: the body is no longer needed (bounded growth);
+        # the mail row stays for the tracking window's events.
+        stmts.append(("UPDATE messages SET data = NULL WHERE id = ?", (message_id,)))
+    return stmts
+
+
+class Spool:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def put(self, job: Job, extra: Sequence[Statement] = ()) -> None:
+        """Durably queue a new message; returns after the commit."""
+        await self._store.write(put_statements(job) + list(extra))
+
+    async def write(self, statements: Sequence[Statement]) -> None:
+        await self._store.write(statements)
+
+    async def pending(self) -> list[Job]:
+        """Every message with a pending recipient, as after a restart (data not loaded)."""
+        rows = await self._store.fetchall(
+            "SELECT m.id, m.accepted_at, m.configuration_set, m.mail_from, m.mail, m.tracked, "
+            "r.recipient, r.attempts, r.next_attempt_at FROM recipients r JOIN messages m "
+            "ON m.id = r.message_id WHERE r.state = 'pending' ORDER BY m.id")
+        jobs: dict[str, Job] = {}
+        for mid, at, cset, sender, mail, tracked, rcpt, attempts, next_at in rows:
+            job = jobs.get(mid)
+            if job is None:
+                job = jobs[mid] = Job(message_id=mid, accepted_at=at, configuration_set=cset,
+                                      mail_from=sender, mail=mail_from_json(mail),
+                                      tracked=bool(tracked), attempts={}, due=next_at)
+            job.attempts[rcpt] = attempts
+            job.due = min(job.due, next_at)
+        return list(jobs.values())
+
+    async def load_data(self, message_id: str) -> bytes | None:
+        row = await self._store.fetchone("SELECT data FROM messages WHERE id = ?", (message_id,))
+        return bytes(row[0]) if row and row[0] is not None else None
+
+    async def mail(self, message_id: str) -> tuple[str | None, MailInfo] | None:
+        """The configuration set and mail object of a message (for tracking events)."""
+        row = await self._store.fetchone(
+            "SELECT configuration_set, mail FROM messages WHERE id = ?", (message_id,))
+        return (row[0], mail_from_json(row[1])) if row else None

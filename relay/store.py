@@ -1,0 +1,174 @@
+# The SQLite file: schema, and the single writer that group-commits.
+# Every write goes through Store.write(); concurrent callers are batched into one
+# transaction and one fsync (WAL, synchronous=FULL), then each caller is released.
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from typing import Any, Iterable, Sequence
+
+import aiosqlite
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,            -- relay's message id, the SES messageId
+    accepted_at REAL NOT NULL,      -- unix seconds
+    configuration_set TEXT,
+    mail_from TEXT NOT NULL,
+    data BLOB,                      -- what goes upstream; NULL once every recipient is final
+    mail TEXT NOT NULL,             -- JSON of the events' MailInfo
+    tracked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id TEXT NOT NULL REFERENCES messages(id),
+    recipient TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',   -- pending | delivered | bounced
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_reply TEXT,
+    PRIMARY KEY (message_id, recipient)
+);
+CREATE INDEX IF NOT EXISTS recipients_pending ON recipients(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    destination TEXT NOT NULL,               -- configuration_set/destination name
+    configuration_set TEXT,
+    message_id TEXT NOT NULL,
+    recipient TEXT,
+    event_type TEXT NOT NULL,                -- SES eventType, e.g. "Open"
+    timestamp TEXT NOT NULL,                 -- ISO-8601 UTC, ms
+    body TEXT NOT NULL                       -- the SES-format JSON record
+);
+CREATE INDEX IF NOT EXISTS events_message ON events(message_id, event_type);
+CREATE INDEX IF NOT EXISTS events_recipient ON events(recipient, event_type);
+CREATE INDEX IF NOT EXISTS events_type_time ON events(event_type, timestamp);
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    destination TEXT NOT NULL,               -- configuration_set/destination name
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_order ON webhook_outbox(destination, seq);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+Statement = tuple[str, Sequence[Any]]
+
+
+class Store:
+    """One SQLite file; one writer connection with group commit, one reader connection."""
+
+    def __init__(self, path: str, *, max_batch: int = 2000) -> None:
+        self.path = path
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[list[Statement], asyncio.Future[None]]] = asyncio.Queue()
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._writer.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsync'd at every commit, so a 250 reply survives power loss.
+        await self._writer.execute("PRAGMA synchronous=FULL")
+        await self._writer.execute("PRAGMA busy_timeout=5000")
+        await self._writer.executescript(SCHEMA)
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._reader.execute("PRAGMA busy_timeout=5000")
+        self._task = asyncio.create_task(self._run(), name="store-writer")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self._queue.join()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    async def write(self, statements: Iterable[Statement]) -> None:
+        """Run the statements atomically; return once they are durably committed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((list(statements), fut))
+        await fut
+
+    def write_nowait(self, statements: Iterable[Statement]) -> asyncio.Future[None]:
+        """Queue the statements; the returned future completes at commit."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((list(statements), fut))
+        return fut
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        assert self._reader is not None, "store is not open"
+        async with self._reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def setting(self, key: str, make: Any) -> str:
+        """A persistent setting, created once with make() (e.g. the token secret)."""
+        row = await self.fetchone("SELECT value FROM settings WHERE key = ?", (key,))
+        if row:
+            return str(row[0])
+        await self.write([("INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", (key, make()))])
+        row = await self.fetchone("SELECT value FROM settings WHERE key = ?", (key,))
+        assert row is not None
+        return str(row[0])
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                try:
+                    await self._commit([s for stmts, _ in batch for s in stmts])
+                    results: list[BaseException | None] = [None] * len(batch)
+                except Exception:  # noqa: BLE001
+                    # One caller's bad statement must not fail the others that shared
+                    # the commit: replay each caller alone and tell each its own result.
+                    results = []
+                    for stmts, _ in batch:
+                        try:
+                            await self._commit(stmts)
+                            results.append(None)
+                        except Exception as e:  # noqa: BLE001 - reported to that caller
+                            results.append(e)
+                for (_, fut), err in zip(batch, results):
+                    if not fut.done():
+                        if err is None:
+                            fut.set_result(None)
+                        else:
+                            fut.set_exception(err)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, statements: list[Statement]) -> None:
+        assert self._writer is not None
+        db = self._writer
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                await db.execute(sql, params)
+            await db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await db.execute("ROLLBACK")
+            raise
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)

@@ -1,0 +1,190 @@
+# Where mail goes: an SMTP upstream through a pool of reused aiosmtplib
+# connections (RSET between messages), or a local Maildir for development.
+# Every outcome is reported per recipient as a Reply; nothing here raises.
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mailbox
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import aiosmtplib
+
+from relay.config import UpstreamConfig
+from relay.downgrade import DowngradeError, needs_8bitmime, needs_smtputf8, to_7bit
+
+log = logging.getLogger("relay.upstream")
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int  # SMTP reply code; 0 when there was no reply (connection failed, timeout)
+    message: str
+    remote: str = ""  # the host that answered, for Remote-MTA / reportingMTA
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.message}" if self.code else self.message
+
+
+class Upstream(Protocol):
+    async def send(self, mail_from: str, recipients: Sequence[str], data: bytes) -> dict[str, Reply]: ...
+    async def close(self) -> None: ...
+
+
+def _is_ascii(s: str) -> bool:
+    return all(ord(c) < 128 for c in s)
+
+
+class SmtpUpstream:
+    """A bounded pool of connections to one SMTP server."""
+
+    def __init__(self, config: UpstreamConfig, *, local_hostname: str) -> None:
+        self._config = config
+        self._local_hostname = local_hostname
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(config.connections)
+        self._remote = f"{config.host}"
+
+    async def send(self, mail_from: str, recipients: Sequence[str], data: bytes) -> dict[str, Reply]:
+        async with self._slots:
+            client: aiosmtplib.SMTP | None = None
+            try:
+                client = await self._acquire()
+                replies = await self._transaction(client, mail_from, recipients, data)
+            except _StepFailed as e:
+                self._discard(client)
+                return {r: e.reply for r in recipients}
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+                self._discard(client)
+                reply = Reply(0, f"upstream {self._config.safe_url}: {type(e).__name__}: {e}", self._remote)
+                return {r: reply for r in recipients}
+            self._idle.append(client)
+            return replies
+
+    async def close(self) -> None:
+        while self._idle:
+            client = self._idle.pop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.quit(), 5)
+            client.close()
+
+    def _discard(self, client: aiosmtplib.SMTP | None) -> None:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    async def _acquire(self) -> aiosmtplib.SMTP:
+        while self._idle:
+            client = self._idle.pop()
+            if not client.is_connected:
+                continue
+            try:
+                await client.rset()  # RFC 5321 §4.1.1.5: a clean transaction on a reused connection
+                return client
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                self._discard(client)
+        return await self._connect()
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        c = self._config
+        client = aiosmtplib.SMTP(
+            hostname=c.host, port=c.port, timeout=c.timeout, local_hostname=self._local_hostname,
+            use_tls=c.scheme == "smtps", start_tls=c.scheme == "smtp+starttls",
+        )
+        step = "connect"
+        try:
+            await client.connect()
+            if c.username and c.password:
+                step = "AUTH"
+                await client.login(c.username, c.password)
+        except aiosmtplib.SMTPResponseException as e:
+            self._discard(client)
+            raise _StepFailed(Reply(e.code, f"upstream {step} failed: {e.message}", self._remote)) from None
+        return client
+
+    async def _transaction(self, client: aiosmtplib.SMTP, mail_from: str,
+                           recipients: Sequence[str], data: bytes) -> dict[str, Reply]:
+        options: list[str] = []
+        if needs_8bitmime(data):
+            if client.supports_extension("8bitmime"):
+                options.append("BODY=8BITMIME")
+            else:
+                try:
+                    data = to_7bit(data)  # RFC 6152 §3: convert rather than send 8-bit blind
+                except DowngradeError as e:
+                    raise _StepFailed(Reply(554, f"5.6.3 Upstream lacks 8BITMIME and the message "
+                                                 f"cannot be converted: {e}", self._remote)) from None
+        utf8 = needs_smtputf8(data) or not _is_ascii(mail_from) or not all(map(_is_ascii, recipients))
+        if utf8:
+            if not client.supports_extension("smtputf8"):
+                raise _StepFailed(Reply(554, "5.6.7 Upstream lacks SMTPUTF8, which this message "
+                                             "needs (RFC 6531)", self._remote))
+            options.append("SMTPUTF8")
+        enc = "utf-8" if utf8 else "ascii"
+        try:
+            await client.mail(mail_from, options=options, encoding=enc)
+        except aiosmtplib.SMTPResponseException as e:
+            raise _StepFailed(Reply(e.code, f"MAIL FROM: {e.message}", self._remote)) from None
+        replies: dict[str, Reply] = {}
+        accepted: list[str] = []
+        for rcpt in recipients:
+            try:
+                r = await client.rcpt(rcpt, encoding=enc)
+                accepted.append(rcpt)
+                replies[rcpt] = Reply(r.code, r.message, self._remote)
+            except aiosmtplib.SMTPResponseException as e:
+                replies[rcpt] = Reply(e.code, e.message, self._remote)
+        if not accepted:
+            await client.rset()
+            return replies
+        try:
+            r = await client.data(data)
+            done = Reply(r.code, r.message, self._remote)
+        except aiosmtplib.SMTPResponseException as e:
+            done = Reply(e.code, e.message, self._remote)
+        for rcpt in accepted:  # SMTP gives one DATA reply for all accepted recipients
+            replies[rcpt] = done
+        return replies
+
+
+class _StepFailed(Exception):
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+class MaildirUpstream:
+    """The local-dev sink: each delivered copy is one file in a standard Maildir."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def send(self, mail_from: str, recipients: Sequence[str], data: bytes) -> dict[str, Reply]:
+        try:
+            key = await asyncio.to_thread(self._write, mail_from, recipients, data)
+        except OSError as e:
+            reply = Reply(0, f"maildir {self.path}: {e.strerror or e}", "localhost")
+            return {r: reply for r in recipients}
+        return {r: Reply(250, f"2.0.0 Ok: stored as {key}", "localhost") for r in recipients}
+
+    def _write(self, mail_from: str, recipients: Sequence[str], data: bytes) -> str:
+        # What a local delivery agent adds: Return-Path (RFC 5321 §4.4) and the envelope recipients.
+        nl = b"\r\n" if b"\r\n" in data[:2000] else b"\n"
+        envelope = (f"Return-Path: <{mail_from}>".encode() + nl
+                    + f"X-Envelope-To: {', '.join(recipients)}".encode() + nl)
+        box = mailbox.Maildir(os.path.abspath(self.path), create=True)
+        return str(box.add(envelope + data))
+
+    async def close(self) -> None:
+        return None
+
+
+def make_upstream(config: UpstreamConfig, *, local_hostname: str) -> Upstream:
+    if config.scheme == "maildir":
+        assert config.maildir is not None
+        return MaildirUpstream(config.maildir)
+    return SmtpUpstream(config, local_hostname=local_hostname)

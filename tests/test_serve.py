@@ -1,0 +1,302 @@
+# End to end through `relay serve` as a subprocess: a real SMTP client, the relay,
+# and an aiosmtpd capture server as the upstream, all on loopback.
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+import mailbox
+import signal
+from email import policy
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from tests.support import Capture, RelayProcess, Upstream, free_port, wait_for
+
+PLAIN_SET = """
+[configuration_sets.plain]
+[[configuration_sets.plain.event_destinations]]
+name = "db"
+type = "sqlite"
+matching_event_types = ["send", "delivery", "bounce", "deliveryDelay", "reject"]
+[[configuration_sets.plain.event_destinations]]
+name = "jsonl"
+type = "file"
+path = "events.jsonl"
+matching_event_types = ["send", "delivery"]
+"""
+
+MESSAGE = (
+    "From: Ana <ana@example.com>\r\nTo: bob@example.org\r\nSubject: Hello\r\n"
+    "Message-ID: <m1@example.com>\r\nX-SES-CONFIGURATION-SET: plain\r\n"
+    "X-SES-MESSAGE-TAGS: campaign=spring, variant=b\r\n\r\n"
+    "Hi Bob,\r\nsee https://example.com/a?x=1&y=2 \r\n"
+)
+
+
+async def submit(port: int, data: str | bytes, *, sender: str = "ana@example.com",
+                 rcpts: list[str] | None = None) -> str:
+    """Send one message; returns the reply text (raises on refusal)."""
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=20) as client:
+        errors, reply = await client.sendmail(sender, rcpts or ["bob@example.org"],
+                                              data if isinstance(data, bytes) else data.encode())
+        return reply
+
+
+def events(relay: RelayProcess, event_type: str | None = None) -> list[dict]:
+    sql = "SELECT body FROM events" + (" WHERE event_type = ?" if event_type else "") + " ORDER BY seq"
+    return [json.loads(b) for (b,) in relay.query(sql, (event_type,) if event_type else ())]
+
+
+async def restart_with(relay: RelayProcess, smtp_keys: str) -> None:
+    """Restart the relay with extra [smtp] keys."""
+    await relay.stop()
+    relay.config_path.write_text(relay.config_path.read_text().replace(
+        'hostname = "relay.test"\n', 'hostname = "relay.test"\n' + smtp_keys))
+    await relay.start()
+
+
+@pytest.fixture
+async def upstream():
+    up = await Upstream().start()
+    yield up
+    await up.stop()
+
+
+@pytest.fixture
+async def relay_factory(tmp_path: Path):
+    started: list[RelayProcess] = []
+
+    async def make(body: str = PLAIN_SET, **kw) -> RelayProcess:
+        r = RelayProcess(tmp_path, body, **kw)
+        await r.start()
+        started.append(r)
+        return r
+    yield make
+    for r in started:
+        await r.stop()
+
+
+async def test_accept_and_forward_untracked_bytes_unchanged(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    reply = await submit(relay.smtp_port, MESSAGE)
+    assert reply.startswith("Ok ")
+    message_id = reply.split()[1]
+    await wait_for(lambda: upstream.messages)
+    got = upstream.messages[0]
+    assert got.mail_from == "ana@example.com" and got.rcpts == ["bob@example.org"]
+    # Only the trace header was prepended and the two SES headers removed.
+    trace, rest = got.data.split(b"\r\nFrom: ", 1)
+    assert trace.startswith(b"Received: from ") and f"id {message_id}".encode() in trace
+    expected = MESSAGE.replace("X-SES-CONFIGURATION-SET: plain\r\n", "").replace(
+        "X-SES-MESSAGE-TAGS: campaign=spring, variant=b\r\n", "")
+    assert b"From: " + rest == expected.encode()
+    # Events: Send then Delivery, with SES's mail object.
+    await wait_for(lambda: events(relay, "Delivery"))
+    send = events(relay, "Send")[0]
+    assert send["mail"]["messageId"] == message_id
+    assert send["mail"]["tags"]["campaign"] == ["spring"]
+    assert send["mail"]["tags"]["ses:configuration-set"] == ["plain"]
+    assert send["mail"]["tags"]["ses:from-domain"] == ["example.com"]
+    assert send["mail"]["tags"]["ses:source-ip"] == ["127.0.0.1"]
+    names = [h["name"] for h in send["mail"]["headers"]]
+    assert "X-SES-CONFIGURATION-SET" in names  # as submitted
+    delivery = events(relay, "Delivery")[0]["delivery"]
+    assert delivery["recipients"] == ["bob@example.org"] and delivery["smtpResponse"].startswith("250")
+    lines = await wait_for(lambda: (relay.tmp / "events.jsonl").exists()
+                           and (relay.tmp / "events.jsonl").read_text().splitlines()[1:])
+    assert json.loads(lines[0])["eventType"] == "Delivery"
+
+
+async def test_default_set_used_without_header(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    await restart_with(relay, 'default_configuration_set = "plain"\n')
+    await submit(relay.smtp_port, "From: a@example.com\r\nSubject: no header\r\n\r\nhi\r\n")
+    send = await wait_for(lambda: events(relay, "Send"))
+    assert send[0]["mail"]["tags"]["ses:configuration-set"] == ["plain"]
+
+
+async def test_no_set_no_events_still_delivered(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    await submit(relay.smtp_port, "From: a@example.com\r\nSubject: plain\r\n\r\nhi\r\n")
+    await wait_for(lambda: upstream.messages)
+    await asyncio.sleep(0.3)
+    assert events(relay) == []
+
+
+async def test_unknown_set_refused_nothing_queued(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    with pytest.raises(aiosmtplib.SMTPDataError) as e:
+        await submit(relay.smtp_port, MESSAGE.replace("plain", "nosuchset"))
+    assert e.value.code == 554 and "Configuration set <nosuchset> does not exist" in e.value.message
+    assert relay.query("SELECT count(*) FROM messages") == [(0,)]
+
+
+async def test_bad_tags_refused(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    with pytest.raises(aiosmtplib.SMTPDataError) as e:
+        await submit(relay.smtp_port, MESSAGE.replace("variant=b", "variant=b c"))
+    assert e.value.code == 554 and "Invalid message tag" in e.value.message
+    assert relay.query("SELECT count(*) FROM messages") == [(0,)]
+
+
+async def test_oversize_refused(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    await restart_with(relay, "max_message_size = 2048\n")
+    with pytest.raises(aiosmtplib.SMTPException) as e:
+        await submit(relay.smtp_port, MESSAGE + "x" * 5000)
+    assert "552" in str(e.value)
+    assert relay.query("SELECT count(*) FROM messages") == [(0,)]
+
+
+async def test_upstream_4xx_then_recovers(relay_factory) -> None:
+    up = await Upstream(Capture(data_replies=["451 4.3.0 try later", "451 4.3.0 still busy"])).start()
+    try:
+        relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{up.port}")
+        await submit(relay.smtp_port, MESSAGE)
+        await wait_for(lambda: up.messages, 20)
+        await wait_for(lambda: events(relay, "Delivery"))
+        delays = events(relay, "DeliveryDelay")
+        assert len(delays) == 2
+        d = delays[0]["deliveryDelay"]
+        assert d["delayedRecipients"][0]["emailAddress"] == "bob@example.org"
+        assert "451" in d["delayedRecipients"][0]["diagnosticCode"]
+        assert len(up.messages) == 1
+    finally:
+        await up.stop()
+
+
+async def test_upstream_5xx_bounce_and_dsn(relay_factory) -> None:
+    up = await Upstream(Capture(rcpt_replies={"nobody@example.org": "550 5.1.1 user unknown"})).start()
+    try:
+        relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{up.port}")
+        await submit(relay.smtp_port, MESSAGE, rcpts=["bob@example.org", "nobody@example.org"])
+        await wait_for(lambda: len(up.messages) >= 2)
+        original, notice = up.messages[0], up.messages[1]
+        assert original.rcpts == ["bob@example.org"]
+        assert notice.mail_from == "<>" and notice.rcpts == ["ana@example.com"]  # null sender: no loops
+        dsn = email.message_from_bytes(notice.data, policy=policy.default)
+        assert dsn.get_content_type() == "multipart/report"
+        assert "nobody@example.org" in notice.data.decode()
+        assert "5.1.1" in notice.data.decode()
+        bounces = await wait_for(lambda: events(relay, "Bounce"))
+        b = bounces[0]["bounce"]
+        assert b["bounceType"] == "Permanent"
+        assert b["bouncedRecipients"][0]["emailAddress"] == "nobody@example.org"
+        assert len(events(relay, "Delivery")) == 1
+    finally:
+        await up.stop()
+
+
+async def test_null_sender_bounce_gets_no_dsn(relay_factory) -> None:
+    up = await Upstream(Capture(rcpt_replies={"nobody@example.org": "550 5.1.1 user unknown"})).start()
+    try:
+        relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{up.port}")
+        await submit(relay.smtp_port, MESSAGE, sender="", rcpts=["nobody@example.org"])
+        await wait_for(lambda: events(relay, "Bounce"))
+        await asyncio.sleep(0.5)
+        assert up.messages == []
+    finally:
+        await up.stop()
+
+
+async def test_upstream_down_then_up(relay_factory) -> None:
+    port = free_port()
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{port}")
+    await submit(relay.smtp_port, MESSAGE)
+    await wait_for(lambda: events(relay, "DeliveryDelay"))
+    up = await Upstream(port=port).start()
+    try:
+        await wait_for(lambda: up.messages, 20)
+        await wait_for(lambda: events(relay, "Delivery"))
+        delay = events(relay, "DeliveryDelay")[0]["deliveryDelay"]
+        assert delay["delayType"] == "TransientCommunicationFailure"
+    finally:
+        await up.stop()
+
+
+async def test_gives_up_after_max_delivery_seconds(relay_factory) -> None:
+    port = free_port()
+    relay = await relay_factory(PLAIN_SET, upstream_url=f"smtp://127.0.0.1:{port}")
+    await relay.stop()
+    relay.config_path.write_text(relay.config_path.read_text().replace(
+        "retry_max_delay = 1\n", "retry_max_delay = 1\nmax_delivery_seconds = 1.5\n"))
+    await relay.start()
+    await submit(relay.smtp_port, MESSAGE, sender="")
+    bounce = await wait_for(lambda: events(relay, "Bounce"), 20)
+    assert bounce[0]["bounce"]["bounceType"] == "Transient"
+    assert relay.query("SELECT state FROM recipients") == [("bounced",)]
+
+
+async def test_kill_9_after_250_then_restart_delivers(relay_factory) -> None:
+    port = free_port()
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{port}")
+    reply = await submit(relay.smtp_port, MESSAGE)
+    await relay.stop(signal.SIGKILL)  # no chance to flush anything
+    up = await Upstream(port=port).start()
+    try:
+        await relay.start()
+        await wait_for(lambda: up.messages, 20)
+        assert f"id {reply.split()[1]}".encode() in up.messages[0].data
+        await asyncio.sleep(0.5)
+        assert len(up.messages) == 1
+    finally:
+        await up.stop()
+
+
+async def test_concurrent_clients_all_delivered_exactly_once(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+
+    async def client(c: int) -> list[str]:
+        ids = []
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.smtp_port, timeout=60) as s:
+            for i in range(50):
+                body = f"From: a@example.com\r\nSubject: {c}-{i}\r\n\r\nmessage {c}-{i}\r\n"
+                _, reply = await s.sendmail("a@example.com", [f"r{c}@example.org"], body.encode())
+                ids.append(reply.split()[1])
+        return ids
+
+    results = await asyncio.wait_for(asyncio.gather(*(client(c) for c in range(20))), 120)
+    ids = [i for r in results for i in r]
+    assert len(set(ids)) == 1000
+    await wait_for(lambda: len(upstream.messages) >= 1000, 120)
+    await asyncio.sleep(0.5)
+    subjects = [m.data.split(b"Subject: ")[1].split(b"\r\n")[0] for m in upstream.messages]
+    assert len(subjects) == 1000 and len(set(subjects)) == 1000
+    # Connections were reused, not one per message.
+    assert upstream.handler.sessions <= 20
+
+
+async def test_maildir_upstream(relay_factory, tmp_path: Path) -> None:
+    relay = await relay_factory(upstream_url="maildir:outbox")
+    reply = await submit(relay.smtp_port, MESSAGE)
+    box = mailbox.Maildir(str(tmp_path / "outbox"), create=False)
+    await wait_for(lambda: len(box) == 1)
+    msg = box.get_bytes(box.keys()[0])
+    assert f"id {reply.split()[1]}".encode() in msg and b"Return-Path: <ana@example.com>" in msg
+    assert b"X-SES-CONFIGURATION-SET" not in msg
+
+
+async def test_not_an_open_relay(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    await restart_with(relay, 'allowed_clients = ["127.0.0.2"]\n')
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as e:
+        await submit(relay.smtp_port, MESSAGE)
+    assert e.value.code == 550 and "allowed_clients" in e.value.message
+
+
+async def test_sigterm_exits_zero_and_keeps_pending(relay_factory) -> None:
+    port = free_port()
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{port}")
+    await submit(relay.smtp_port, MESSAGE)
+    assert await relay.stop(signal.SIGTERM) == 0
+    assert relay.query("SELECT state FROM recipients") == [("pending",)]
+
+
+async def test_ehlo_advertises_extensions(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.smtp_port, timeout=10) as s:
+        for ext in ("size", "8bitmime", "smtputf8", "pipelining"):
+            assert s.supports_extension(ext), ext
