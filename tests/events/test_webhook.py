@@ -1,0 +1,339 @@
+# The webhook destination against a real aiohttp receiver on loopback and a real
+# Store on a temporary SQLite file: headers and signature, retries, restarts, drops.
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from relay.events.bus import Event
+from relay.events.webhook import WebhookDestination, retry_after, sign, verify
+from relay.store import Store
+
+SECRET = "whsec_test"
+WAIT = 10.0  # bound on every wait; the tests normally finish far sooner
+HANG = "hang"
+
+
+def make_event(n: int) -> Event:
+    # Non-ASCII on purpose: the signature is over the UTF-8 bytes that are sent.
+    body = json.dumps({"eventType": "Open", "n": n, "subject": "Grüße"}, ensure_ascii=False)
+    return Event(event_id=str(uuid.uuid4()), configuration_set="set", message_id=f"m{n}",
+                 recipient="to@example.com", event_type="Open",
+                 timestamp="2024-01-01T00:00:00.000Z", body=body)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Request:
+    headers: dict[str, str]
+    body: str
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint: answers from `script` in turn (a status, a (status, headers)
+    pair, or HANG), then `default`; records every request it gets."""
+    port: int
+    script: list[int | tuple[int, dict[str, str]] | str] = field(default_factory=list)
+    default: int | str = 200
+    requests: list[Request] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def ids(self) -> list[str]:
+        return [r.headers["X-Relay-Event-Id"] for r in self.requests]
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self.runner = web.AppRunner(app, shutdown_timeout=1.0)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True).start()
+
+    async def stop(self) -> None:
+        self.release.set()  # let hanging handlers finish so the server stops cleanly
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        self.requests.append(Request(dict(request.headers), (await request.read()).decode()))
+        reply = self.script.pop(0) if self.script else self.default
+        if reply == HANG:
+            await asyncio.wait_for(self.release.wait(), 60)
+            reply = 503
+        status, headers = reply if isinstance(reply, tuple) else (reply, {})
+        assert isinstance(status, int)
+        return web.Response(status=status, headers=headers, text="ok")
+
+
+async def until(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = WAIT) -> None:
+    async def poll() -> None:
+        while True:
+            result = predicate()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def outbox(store: Store, destination: str = "set/hook") -> list[tuple[str, int]]:
+    rows = await store.fetchall("SELECT event_id, attempts FROM webhook_outbox "
+                                "WHERE destination = ? ORDER BY seq", (destination,))
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = Store(str(tmp_path / "relay.db"))
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver(port=free_port())  # not started: each test brings it up when it wants
+    try:
+        yield r
+    finally:
+        await r.stop()
+
+
+Factory = Callable[..., Awaitable[WebhookDestination]]
+
+
+@pytest.fixture
+async def make_dest(store: Store, receiver: Receiver) -> AsyncIterator[Factory]:
+    made: list[WebhookDestination] = []
+
+    async def make(secret: str | None = SECRET, *, on: Store | None = None,
+                   **kw: float) -> WebhookDestination:
+        kw.setdefault("first_delay", 0.05)
+        kw.setdefault("max_delay", 0.2)
+        d = WebhookDestination("set/hook", receiver.url, secret, on or store, **kw)  # type: ignore[arg-type]
+        await d.start()
+        made.append(d)
+        return d
+
+    try:
+        yield make
+    finally:
+        for d in made:  # closed before the store fixture closes the store
+            await asyncio.wait_for(d.close(), WAIT)
+
+
+# --- sign / verify: pure -------------------------------------------------------
+
+BODY = '{"a":1,"b":"Grüße"}'
+# printf '%s' '1700000000.{"a":1,"b":"Grüße"}' | openssl dgst -sha256 -hmac whsec_test
+GOOD = "v1=ce31691ba56b28e94e47391b442a21fce0e0b93f75a2ccfe73997af592956ef4"
+
+
+def test_sign_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    assert sign(SECRET, "1700000000", BODY) == GOOD
+
+
+@pytest.mark.parametrize("secret, timestamp, body, header, now, expected", [
+    (SECRET, "1700000000", BODY, GOOD, 1700000000, True),
+    (SECRET, "1700000000", BODY, GOOD, 1700000300, True),  # at the edge of tolerance
+    (SECRET, "1700000000", BODY, GOOD, 1700000301, False),  # too old: a replay
+    (SECRET, "1700000000", BODY, GOOD, 1699999699, False),  # too far in the future
+    ("other", "1700000000", BODY, GOOD, 1700000000, False),  # wrong secret
+    (SECRET, "1700000001", BODY, GOOD, 1700000000, False),  # timestamp changed
+    (SECRET, "1700000000", BODY + " ", GOOD, 1700000000, False),  # body changed
+    (SECRET, "1700000000", BODY, GOOD.replace("v1=", "v0="), 1700000000, False),
+    (SECRET, "1700000000", BODY, "v1=00, " + GOOD, 1700000000, True),  # secret roll-over
+    (SECRET, "soon", BODY, GOOD, 1700000000, False),
+    (SECRET, "1700000000", BODY, "", 1700000000, False),
+    (SECRET, "1700000000", BODY, "v1=é", 1700000000, False),
+])
+def test_verify(secret: str, timestamp: str, body: str, header: str, now: float,
+                expected: bool) -> None:
+    assert verify(secret, timestamp, body, header, now=now) is expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, None), ("5", 5.0), ("0", 0.0), ("1.5", 1.5), ("-1", None), ("nan", None),
+    ("inf", None), ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+])
+def test_retry_after(value: str | None, expected: float | None) -> None:
+    assert retry_after(value) == expected
+
+
+# --- delivery ------------------------------------------------------------------
+
+async def test_events_arrive_signed_with_their_headers(
+        store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    await receiver.start()
+    # Another destination's row shares the table and must be left alone.
+    await store.write([("INSERT INTO webhook_outbox(event_id, destination, body, next_attempt_at) "
+                        "VALUES ('x', 'set/other', '{}', 0)", ())])
+    dest = await make_dest()
+    events = [make_event(n) for n in range(3)]
+    for e in events:
+        dest.put(e)
+    await until(lambda: len(receiver.requests) == 3)
+    assert receiver.ids() == [e.event_id for e in events]
+    for e, r in zip(events, receiver.requests):
+        assert r.body == e.body
+        assert r.headers["Content-Type"] == "application/json"
+        ts = r.headers["X-Relay-Timestamp"]
+        assert ts.isdigit()
+        assert verify(SECRET, ts, r.body, r.headers["X-Relay-Signature"], now=time.time())
+        assert not verify("wrong", ts, r.body, r.headers["X-Relay-Signature"], now=time.time())
+    await until(lambda: _empty(store))
+    assert await outbox(store, "set/other") == [("x", 0)]
+
+
+async def _empty(store: Store) -> bool:
+    return await outbox(store) == []
+
+
+async def test_no_secret_no_signature(store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    await receiver.start()
+    dest = await make_dest(None)
+    dest.put(make_event(1))
+    await until(lambda: len(receiver.requests) == 1)
+    assert "X-Relay-Signature" not in receiver.requests[0].headers
+    assert receiver.requests[0].headers["X-Relay-Event-Id"]
+
+
+async def test_down_then_500_then_200_loses_nothing_and_keeps_order(
+        store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    dest = await make_dest()
+    events = [make_event(n) for n in range(5)]
+    for e in events:
+        dest.put(e)
+    # Port closed: the head is retried (connection refused), the rest wait behind it.
+    async def head_retried() -> bool:
+        rows = await outbox(store)
+        return len(rows) == 5 and rows[0][1] >= 2
+    await until(head_retried)
+    receiver.script = [500, 503]
+    await receiver.start()
+    await until(lambda: len(receiver.requests) == 7)
+    ids = receiver.ids()
+    assert ids[:3] == [events[0].event_id] * 3  # 500, 503, then 200
+    assert ids[2:] == [e.event_id for e in events]
+    await until(lambda: _empty(store))
+
+
+async def test_outbox_survives_a_restart(tmp_path: Path, receiver: Receiver) -> None:
+    path = str(tmp_path / "restart.db")
+    store = Store(path)
+    await store.open()
+    dest = WebhookDestination("set/hook", receiver.url, SECRET, store,
+                              first_delay=0.05, max_delay=0.2)
+    await dest.start()
+    events = [make_event(n) for n in range(4)]
+    for e in events:
+        dest.put(e)
+    await until(lambda: _count(store, 4))
+    await asyncio.wait_for(dest.close(), WAIT)
+    await store.close()
+
+    store = Store(path)
+    await store.open()
+    dest = WebhookDestination("set/hook", receiver.url, SECRET, store,
+                              first_delay=0.05, max_delay=0.2)
+    try:
+        await dest.start()
+        await receiver.start()
+        await until(lambda: len(set(receiver.ids())) == 4)
+        assert list(dict.fromkeys(receiver.ids())) == [e.event_id for e in events]
+        await until(lambda: _empty(store))
+    finally:
+        await asyncio.wait_for(dest.close(), WAIT)
+        await store.close()
+
+
+async def _count(store: Store, n: int) -> bool:
+    return len(await outbox(store)) == n
+
+
+async def test_4xx_is_tried_three_times_then_dropped(
+        store: Store, receiver: Receiver, make_dest: Factory,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="relay.events")
+    receiver.script = [400, 400, 400]
+    await receiver.start()
+    dest = await make_dest()
+    first, second = make_event(1), make_event(2)
+    dest.put(first)
+    dest.put(second)
+    await until(lambda: len(receiver.requests) == 4)
+    assert receiver.ids() == [first.event_id] * 3 + [second.event_id]
+    await until(lambda: _empty(store))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(warnings) == 2 and len(errors) == 1
+    for r in warnings + errors:
+        message = r.getMessage()
+        assert "set/hook" in message and "400" in message and first.event_id in message
+        assert SECRET not in message
+    assert "dropped" in errors[0].getMessage()
+
+
+async def test_429_honours_retry_after(store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    # A backoff of a minute: only Retry-After can bring the retry in within the wait.
+    receiver.script = [(429, {"Retry-After": "1"}), (408, {"Retry-After": "0"})]
+    await receiver.start()
+    dest = await make_dest(first_delay=60.0, max_delay=60.0)
+    event = make_event(1)
+    dest.put(event)
+    await until(lambda: len(receiver.requests) == 3)
+    assert receiver.ids() == [event.event_id] * 3
+    await until(lambda: _empty(store))
+
+
+async def test_a_hanging_receiver_does_not_block_put_and_is_abandoned(
+        store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    receiver.script = [HANG, HANG]
+    await receiver.start()
+    dest = await make_dest(timeout=0.3)
+    events = [make_event(n) for n in range(100)]
+    for e in events:
+        dest.put(e)  # returns at once: nothing here waits for the receiver
+    await until(lambda: _count(store, 100))
+    # Abandoned after `timeout`, retried, and then everything goes through in order.
+    await until(lambda: len(set(receiver.ids())) == 100)
+    assert receiver.ids()[:3] == [events[0].event_id] * 3
+    assert list(dict.fromkeys(receiver.ids())) == [e.event_id for e in events]
+    await until(lambda: _empty(store))
+
+
+async def test_close_is_bounded_and_keeps_unsent_events(
+        store: Store, receiver: Receiver) -> None:
+    receiver.default = HANG
+    await receiver.start()
+    dest = WebhookDestination("set/hook", receiver.url, SECRET, store, timeout=60.0)
+    await dest.start()
+    event = make_event(1)
+    dest.put(event)
+    await until(lambda: len(receiver.requests) == 1)
+    await asyncio.wait_for(dest.close(), WAIT)  # the POST in flight is abandoned
+    assert await outbox(store) == [(event.event_id, 0)]
