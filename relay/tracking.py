@@ -22,7 +22,7 @@ from relay.tokens import ClickClaim, OpenClaim, Signer
 
 log = logging.getLogger("relay.tracking")
 
-# The smallest transparent 1x1 GIF89a (43 bytes).
+# A 1x1 GIF89a whose one pixel is the transparent colour (42 bytes).
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 NO_CACHE = {
     # Every open should reach us: forbid caching by browsers and proxies.
