@@ -276,9 +276,12 @@ def _smtp(r: _Reader, t: dict[str, Any]) -> SmtpConfig:
     for key, v in (("smtp.config_set_header", cs_header), ("smtp.tags_header", tags_header)):
         if not header_re.match(v):
             r.fail(key, "a header field name (RFC 5322)", v)
+    hostname = r.string(t, "smtp.hostname", d.hostname)
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", hostname):
+        r.fail("smtp.hostname", "a domain name (used in EHLO, Received: and DSNs)", hostname)
     return SmtpConfig(
         listen=r.listen(t, "smtp.listen", d.listen),
-        hostname=r.string(t, "smtp.hostname", d.hostname),
+        hostname=hostname,
         max_message_size=r.integer(t, "smtp.max_message_size", d.max_message_size, minimum=1024),
         max_recipients=r.integer(t, "smtp.max_recipients", d.max_recipients),
         config_set_header=cs_header,

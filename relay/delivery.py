@@ -179,7 +179,7 @@ class Deliverer:
                     timestamp=now_dt, reporting_mta=hostname), rcpt))
                 continue
             if outcome is Outcome.TRANSIENT:  # retried until max_delivery_seconds: give up
-                status, bounce_type, sub = "4.4.7", "Transient", "General"
+                status, bounce_type, sub = "5.4.7", "Transient", "General"  # RFC 3463: delivery time expired
                 text = f"{text} (gave up after {attempts} attempts: delivery time expired)"
             else:
                 bounce_type, sub = "Permanent", bounce_subtype(reply.code, reply.message)

@@ -57,6 +57,7 @@ def test_password_never_in_repr_or_safe_url() -> None:
     ({"smtp": {"default_configuration_set": "missing"}}, "smtp.default_configuration_set"),
     ({"smtp": {"allowed_clients": ["not-an-ip"]}}, "smtp.allowed_clients"),
     ({"smtp": {"bogus": 1}}, "smtp.bogus"),
+    ({"smtp": {"hostname": "two words"}}, "smtp.hostname"),
     ({"upstream": {"url": "http://127.0.0.1"}}, "upstream.url"),
     ({"upstream": {"url": "smtp://u@127.0.0.1"}}, "upstream.url"),
     ({"upstream": {"connections": 0}}, "upstream.connections"),

@@ -10,16 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
 from relay.config import ConfigurationSet
+from relay.events.records import EVENT_TYPE_KEYS as EVENT_KEYS
 
 log = logging.getLogger("relay.events")
 
-# SES eventType -> the matching_event_types name that selects it.
-EVENT_KEYS = {
-    "Send": "send", "Reject": "reject", "Bounce": "bounce", "Complaint": "complaint",
-    "Delivery": "delivery", "Open": "open", "Click": "click",
-    "Rendering Failure": "renderingFailure", "DeliveryDelay": "deliveryDelay",
-    "Subscription": "subscription",
-}
 # Where each event type keeps its own timestamp (Send has none: the mail's).
 _CHILD = {
     "Send": "send", "Reject": "reject", "Bounce": "bounce", "Complaint": "complaint",
