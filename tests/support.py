@@ -60,8 +60,11 @@ class Capture:
 class Upstream:
     """A real SMTP server on loopback in the test's event loop."""
 
-    def __init__(self, handler: Capture | None = None, port: int | None = None) -> None:
+    def __init__(self, handler: Capture | None = None, port: int | None = None, *,
+                 eight_bit: bool = True, smtputf8: bool = True) -> None:
         self.handler = handler or Capture()
+        self._eight_bit = eight_bit  # aiosmtpd offers 8BITMIME unless it decodes data
+        self._smtputf8 = smtputf8
         self.port = port or free_port()
         self._server: asyncio.base_events.Server | None = None
         self._protocols: list[SMTP] = []
@@ -69,7 +72,8 @@ class Upstream:
     async def start(self) -> "Upstream":
         def factory() -> SMTP:
             self.handler.sessions += 1
-            proto = SMTP(self.handler, hostname="upstream.test", enable_SMTPUTF8=True)
+            proto = SMTP(self.handler, hostname="upstream.test", enable_SMTPUTF8=self._smtputf8,
+                         decode_data=not self._eight_bit)
             self._protocols.append(proto)
             return proto
         self._server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", self.port)

@@ -300,3 +300,37 @@ async def test_ehlo_advertises_extensions(upstream: Upstream, relay_factory) -> 
     async with aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.smtp_port, timeout=10) as s:
         for ext in ("size", "8bitmime", "smtputf8", "pipelining"):
             assert s.supports_extension(ext), ext
+
+
+EIGHT_BIT = ("From: a@example.com\r\nSubject: caf\u00e9\r\n".replace("caf\u00e9", "cafe")
+             + "X-SES-CONFIGURATION-SET: plain\r\nMIME-Version: 1.0\r\n"
+             "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+             "Gr\u00fc\u00dfe aus K\u00f6ln \u2013 \u00e7a va?\r\n")
+
+
+async def test_8bit_downgraded_for_upstream_without_8bitmime(relay_factory) -> None:
+    up = await Upstream(eight_bit=False).start()
+    try:
+        relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{up.port}")
+        await submit(relay.smtp_port, EIGHT_BIT.encode("utf-8"))
+        await wait_for(lambda: up.messages)
+        data = up.messages[0].data
+        assert max(data) < 128  # nothing 8-bit went to an upstream that did not offer it
+        msg = email.message_from_bytes(data, policy=policy.default)
+        assert msg["Content-Transfer-Encoding"] == "quoted-printable"
+        assert msg.get_content() == "Gr\u00fc\u00dfe aus K\u00f6ln \u2013 \u00e7a va?\r\n"
+    finally:
+        await up.stop()
+
+
+async def test_utf8_headers_bounce_when_upstream_lacks_smtputf8(relay_factory) -> None:
+    up = await Upstream(eight_bit=False, smtputf8=False).start()
+    try:
+        relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{up.port}")
+        await submit(relay.smtp_port, EIGHT_BIT.replace("Subject: cafe", "Subject: caf\u00e9").encode("utf-8"),
+                     sender="")
+        bounce = await wait_for(lambda: events(relay, "Bounce"))
+        assert "SMTPUTF8" in bounce[0]["bounce"]["bouncedRecipients"][0]["diagnosticCode"]
+        assert up.messages == []
+    finally:
+        await up.stop()
