@@ -66,8 +66,7 @@ class IntakeHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if not self.accepting:
-            return SHUTTING_DOWN
+        # A transaction begun before shutdown is finished, not refused.
         self.in_flight += 1
         try:
             return await self._accept(session, envelope)
@@ -133,6 +132,14 @@ def _allowed(ip: str, networks: tuple[Any, ...]) -> bool:
     return any(addr in n for n in networks)
 
 
+def _in_transaction(proto: SMTP) -> bool:
+    """A live session between MAIL FROM and the end of DATA."""
+    transport = getattr(proto, "transport", None)
+    envelope = getattr(proto, "envelope", None)
+    return (transport is not None and not transport.is_closing()
+            and envelope is not None and envelope.mail_from is not None)
+
+
 class SmtpServer:
     """The listening socket and the sessions on it, for graceful shutdown."""
 
@@ -166,7 +173,8 @@ class SmtpServer:
         self._server.close()
         self._handler.accepting = False
         deadline = time.monotonic() + timeout
-        while self._handler.in_flight and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+                self._handler.in_flight or any(map(_in_transaction, list(self._protocols)))):
             await asyncio.sleep(0.02)
         for proto in list(self._protocols):
             transport = getattr(proto, "transport", None)

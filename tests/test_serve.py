@@ -334,3 +334,21 @@ async def test_utf8_headers_bounce_when_upstream_lacks_smtputf8(relay_factory) -
         assert up.messages == []
     finally:
         await up.stop()
+
+
+async def test_sigterm_lets_transaction_in_flight_finish(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.smtp_port, timeout=20)
+    await client.connect()
+    try:
+        await client.mail("ana@example.com")
+        await client.rcpt("bob@example.org")
+        assert relay.proc is not None
+        relay.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        reply = await client.data(MESSAGE.encode())
+        assert reply.code == 250
+    finally:
+        client.close()
+    assert await relay.stop() == 0
+    assert relay.query("SELECT count(*) FROM messages") == [(1,)]
