@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 from relay.config import Config
 from relay.delivery import Deliverer, Schedule
@@ -75,6 +76,9 @@ class App:
         await self.tracking.start()
         stack.push_async_callback(self.tracking.stop)
 
+        prune = asyncio.create_task(self._prune_forever(), name="prune")
+        stack.push_async_callback(_cancel, prune)
+
         handler = IntakeHandler(config=config, spool=self.spool, schedule=self.schedule, bus=self.bus)
         self.smtp = SmtpServer(config, handler)
         await self.smtp.start()
@@ -84,6 +88,22 @@ class App:
 
     async def stop(self) -> None:
         await self._stack.aclose()
+
+    async def _prune_forever(self) -> None:
+        """Drop finished messages once the tracking window is over (checked hourly or sooner)."""
+        window = self.config.tracking.window_days * 86400.0
+        while True:
+            try:
+                await self.spool.prune(time.time() - window)
+            except Exception:  # noqa: BLE001 - pruning is housekeeping; serving goes on
+                log.exception("pruning the spool failed")
+            await asyncio.sleep(min(3600.0, max(1.0, window / 10)))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def serve(config: Config) -> None:

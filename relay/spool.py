@@ -109,6 +109,18 @@ class Spool:
             job.due = min(job.due, next_at)
         return list(jobs.values())
 
+    async def prune(self, before: float) -> None:
+        """Forget finished messages accepted before `before` (bounded growth; Postal #1137).
+
+        Hits after that are past the tracking window: still served from the token, not recorded.
+        """
+        finished = ("SELECT id FROM messages m WHERE m.accepted_at < ? AND NOT EXISTS "
+                    "(SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state = 'pending')")
+        await self._store.write([
+            (f"DELETE FROM recipients WHERE message_id IN ({finished})", (before,)),
+            (f"DELETE FROM messages WHERE id IN ({finished})", (before,)),
+        ])
+
     async def load_data(self, message_id: str) -> bytes | None:
         row = await self._store.fetchone("SELECT data FROM messages WHERE id = ?", (message_id,))
         return bytes(row[0]) if row and row[0] is not None else None
