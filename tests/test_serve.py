@@ -120,10 +120,13 @@ async def test_default_set_used_without_header(upstream: Upstream, relay_factory
 
 async def test_no_set_no_events_still_delivered(upstream: Upstream, relay_factory) -> None:
     relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
-    await submit(relay.smtp_port, "From: a@example.com\r\nSubject: plain\r\n\r\nhi\r\n")
+    rcpts = ["b@example.org", "c@example.org", "d@example.org"]
+    await submit(relay.smtp_port, "From: a@example.com\r\nSubject: plain\r\n\r\nhi\r\n", rcpts=rcpts)
     await wait_for(lambda: upstream.messages)
     await asyncio.sleep(0.3)
     assert events(relay) == []
+    # Untracked: one upstream transaction for all recipients.
+    assert len(upstream.messages) == 1 and upstream.messages[0].rcpts == rcpts
 
 
 async def test_unknown_set_refused_nothing_queued(upstream: Upstream, relay_factory) -> None:
