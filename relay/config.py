@@ -45,6 +45,16 @@ class SmtpConfig:
     default_configuration_set: str | None = None
     # Never an open relay: only these client networks may submit mail.
     allowed_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = LOOPBACK
+    # SMTP AUTH (PLAIN, LOGIN): the user becomes the ses:caller-identity tag.
+    users: Mapping[str, str] = field(default_factory=dict, repr=False)
+    accept_any_auth: bool = False  # for mailers that insist on AUTH: any credentials pass
+    auth_required: bool = False  # MAIL without AUTH gets 530
+    tls_cert: str | None = None  # STARTTLS; with it, AUTH is offered only after STARTTLS
+    tls_key: str | None = None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.users) or self.accept_any_auth
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -268,7 +278,8 @@ class _Reader:
 def _smtp(r: _Reader, t: dict[str, Any]) -> SmtpConfig:
     r.no_unknown(t, "smtp", {"listen", "hostname", "max_message_size", "max_recipients",
                              "config_set_header", "tags_header", "default_configuration_set",
-                             "allowed_clients"})
+                             "allowed_clients", "users", "accept_any_auth", "auth_required",
+                             "tls_cert", "tls_key"})
     d = SmtpConfig()
     header_re = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field-name: printable ASCII but ':'
     cs_header = r.string(t, "smtp.config_set_header", d.config_set_header)
@@ -279,7 +290,22 @@ def _smtp(r: _Reader, t: dict[str, Any]) -> SmtpConfig:
     hostname = r.string(t, "smtp.hostname", d.hostname)
     if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", hostname):
         r.fail("smtp.hostname", "a domain name (used in EHLO, Received: and DSNs)", hostname)
+    users = t.get("users", {})
+    if not isinstance(users, dict) or not all(isinstance(v, str) and v for v in users.values()):
+        r.fail("smtp.users", 'a table of user = "password"', "<redacted>")
+    accept_any = r.boolean(t, "smtp.accept_any_auth", False)
+    auth_required = r.boolean(t, "smtp.auth_required", False)
+    if auth_required and not (users or accept_any):
+        r.fail("smtp.auth_required", "[smtp.users] or accept_any_auth = true beside it", True)
+    tls_cert, tls_key = r.opt_string(t, "smtp.tls_cert"), r.opt_string(t, "smtp.tls_key")
+    if (tls_cert is None) != (tls_key is None):
+        r.fail("smtp.tls_key" if tls_key is None else "smtp.tls_cert", "tls_cert and tls_key together", None)
+    for key, path in (("smtp.tls_cert", tls_cert), ("smtp.tls_key", tls_key)):
+        if path is not None and not Path(path).is_file():
+            r.fail(key, "a readable PEM file", path)
     return SmtpConfig(
+        users=dict(users), accept_any_auth=accept_any, auth_required=auth_required,
+        tls_cert=tls_cert, tls_key=tls_key,
         listen=r.listen(t, "smtp.listen", d.listen),
         hostname=hostname,
         max_message_size=r.integer(t, "smtp.max_message_size", d.max_message_size, minimum=1024),

@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import logging
+import ssl
 import time
+import warnings
 import weakref
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from relay import intake
 from relay.config import Config
@@ -117,9 +120,27 @@ def _peer_ip(session: Session) -> str:
 
 
 def _auth_user(session: Session) -> str | None:
-    data = getattr(session, "auth_data", None)
-    login = getattr(data, "login", None)
+    login = getattr(session, "login_data", None)
     return login.decode("utf-8", "replace") if isinstance(login, bytes) else login
+
+
+class Authenticator:
+    """SMTP AUTH PLAIN/LOGIN against [smtp.users] (constant-time), or any credentials."""
+
+    def __init__(self, users: Mapping[str, str], accept_any: bool) -> None:
+        self._users = {k.encode(): v.encode() for k, v in users.items()}
+        self._accept_any = accept_any
+
+    def __call__(self, server: SMTP, session: Session, envelope: Envelope,
+                 mechanism: str, auth_data: Any) -> AuthResult:
+        login, password = getattr(auth_data, "login", None), getattr(auth_data, "password", None)
+        if not isinstance(login, bytes) or not isinstance(password, bytes):
+            return AuthResult(success=False, handled=False)
+        expected = self._users.get(login)
+        ok = self._accept_any or (expected is not None and hmac.compare_digest(expected, password))
+        if not ok:
+            log.info("AUTH failed for user %r from %s", login.decode("utf-8", "replace"), _peer_ip(session))
+        return AuthResult(success=ok, handled=False, auth_data=auth_data)
 
 
 def _allowed(ip: str, networks: tuple[Any, ...]) -> bool:
@@ -148,11 +169,25 @@ class SmtpServer:
         self._handler = handler
         self._server: asyncio.base_events.Server | None = None
         self._protocols: weakref.WeakSet[SMTP] = weakref.WeakSet()  # closed sessions drop out
+        smtp = config.smtp
+        self._authenticator = Authenticator(smtp.users, smtp.accept_any_auth)
+        self._tls: ssl.SSLContext | None = None
+        if smtp.tls_cert and smtp.tls_key:
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls.load_cert_chain(smtp.tls_cert, smtp.tls_key)
 
     def _factory(self) -> SMTP:
         smtp = self._config.smtp
-        proto = SMTP(self._handler, data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,
-                     decode_data=False, hostname=smtp.hostname, ident="relay ESMTP")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # aiosmtpd warns about AUTH without TLS; README covers it
+            proto = SMTP(self._handler, data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,
+                         decode_data=False, hostname=smtp.hostname, ident="relay ESMTP",
+                         tls_context=self._tls, auth_required=smtp.auth_required,
+                         # With TLS configured, AUTH only after STARTTLS; without it, AUTH is
+                         # offered in clear only when users are configured (keep such a relay
+                         # on loopback or a private network).
+                         auth_require_tls=self._tls is not None or not smtp.auth_enabled,
+                         authenticator=self._authenticator)
         self._protocols.add(proto)
         return proto
 

@@ -355,3 +355,26 @@ async def test_sigterm_lets_transaction_in_flight_finish(upstream: Upstream, rel
         client.close()
     assert await relay.stop() == 0
     assert relay.query("SELECT count(*) FROM messages") == [(1,)]
+
+
+async def test_smtp_auth_users_and_caller_identity(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    await relay.stop()
+    text = relay.config_path.read_text().replace(
+        'hostname = "relay.test"\n', 'hostname = "relay.test"\nauth_required = true\n'
+        '[smtp.users]\napp = "s3cret-pass"\n', 1)
+    relay.config_path.write_text(text)
+    await relay.start()
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.smtp_port, timeout=10) as s:
+        assert s.supports_extension("auth")
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as e:  # no AUTH yet
+            await s.sendmail("ana@example.com", ["bob@example.org"], MESSAGE.encode())
+        assert e.value.code == 530
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError) as e2:
+            await s.login("app", "wrong")
+        assert e2.value.code == 535
+        await s.login("app", "s3cret-pass")
+        await s.sendmail("ana@example.com", ["bob@example.org"], MESSAGE.encode())
+    send = await wait_for(lambda: events(relay, "Send"))
+    assert send[0]["mail"]["tags"]["ses:caller-identity"] == ["app"]
+    assert "s3cret-pass" not in relay.output()
