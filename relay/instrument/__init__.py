@@ -1,0 +1,290 @@
+# Open and click instrumentation, bytes in and bytes out: prepare() parses a message
+# once into byte segments and text templates; render() / personalize() fill in one
+# recipient's pixel and link URLs. Nothing outside the edited spans changes.
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..tokens import ClickClaim, OpenClaim, Signer
+from . import html, text
+from .links import CONTROL_ATTRIBUTES, LinkPolicy, decide
+from .mime import (
+    Leaf,
+    MimeError,
+    decode_body,
+    encode_body,
+    encode_quoted_printable_line,
+    encodes_by_line,
+    trailing_whitespace,
+    walk,
+)
+from .template import PIXEL_SLOT, Edit, Slot, Template, build, pixel, split_lines
+
+__all__ = ["HTTPS_POLICIES", "Prepared", "TrackedLink", "TrackingOptions", "personalize", "prepare"]
+
+HTTPS_POLICIES = ("REQUIRE", "REQUIRE_OPEN_ONLY", "OPTIONAL")  # SES TrackingOptions.HttpsPolicy
+
+
+@dataclass(frozen=True)
+class TrackingOptions:
+    open: bool  # insert the pixel into HTML parts
+    click: bool  # rewrite links
+    max_links: int = 250  # SES tracks at most 250 links per message
+
+
+@dataclass(frozen=True)
+class TrackedLink:
+    url: str  # decoded original URL (what the redirect goes to, and click.link)
+    tags: dict[str, list[str]]  # from ses:tags; {} if none
+
+
+@dataclass(frozen=True)
+class _Part:
+    """An edited leaf: its template and how to encode it back."""
+
+    leaf: Leaf
+    charset: str
+    trailer: bytes  # what followed the encoded body text (kept for base64)
+    template: Template
+    # Quoted-printable encodes line by line: when the charset allows it, the lines
+    # without holes are encoded once (bytes) and only lines with URLs per recipient.
+    lines: tuple[bytes | Template, ...] | None = None
+
+    def render(self, open_url: str | None, click_urls: Sequence[str]) -> bytes:
+        if self.lines is None:
+            filled = self.template.fill(open_url, click_urls)
+            return encode_body(filled, self.charset, self.leaf, self.trailer)
+        eol = self.leaf.eol
+        return eol.join(
+            line
+            if isinstance(line, bytes)
+            else encode_quoted_printable_line(line.fill(open_url, click_urls).encode(self.charset), eol)
+            for line in self.lines
+        )
+
+
+def _part(leaf: Leaf, charset: str, trailer: bytes, text: str, template: Template) -> _Part:
+    if leaf.transfer_encoding != "quoted-printable" or not template.slots:
+        return _Part(leaf, charset, trailer, template)
+    if not leaf.eol or not encodes_by_line(text, charset, leaf.eol):
+        return _Part(leaf, charset, trailer, template)
+    lines: list[bytes | Template] = []
+    static: list[bytes] = []  # consecutive lines without holes, joined into one item
+    for line in split_lines(template, leaf.eol.decode("ascii")):
+        if isinstance(line, str):
+            static.append(encode_quoted_printable_line(line.encode(charset), leaf.eol))
+            continue
+        if static:
+            lines.append(leaf.eol.join(static))
+            static = []
+        lines.append(line)
+    if static:
+        lines.append(leaf.eol.join(static))
+    return _Part(leaf, charset, trailer, template, tuple(lines))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    failure: str | None  # why the message passes through untouched, if it does
+    links: tuple[TrackedLink, ...]  # tracked links in document order across parts
+    has_pixel: bool  # whether any HTML part got a pixel slot
+    _raw: bytes = field(default=b"", repr=False, compare=False)
+    # The output as raw byte runs copied from the input and edited parts to re-encode.
+    _chunks: tuple[bytes | _Part, ...] = field(default=(), repr=False, compare=False)
+
+    def render(self, open_url: str | None, click_urls: Sequence[str]) -> bytes:
+        """The message with one recipient's URLs: click_urls[i] replaces links[i].
+
+        open_url None leaves the pixel out. Raises ValueError only for a caller bug
+        (click_urls not matching links), never because of the message.
+        """
+        if len(click_urls) != len(self.links):
+            raise ValueError(f"render() got {len(click_urls)} click URLs for {len(self.links)} links")
+        if not self._chunks:
+            return self._raw
+        return b"".join(
+            chunk if isinstance(chunk, bytes) else chunk.render(open_url, click_urls) for chunk in self._chunks
+        )
+
+
+def prepare(raw: bytes, options: TrackingOptions) -> Prepared:
+    """Parse and analyse `raw` once. Never raises: trouble is reported in `failure`."""
+    raw = bytes(raw)
+    if not (options.open or options.click):
+        return Prepared(None, (), False, raw)
+    try:
+        return _prepare(raw, options)
+    except (MimeError, html.HtmlError) as exc:
+        return Prepared(str(exc), (), False, raw)
+    except Exception as exc:  # noqa: BLE001 - the contract is: any input bytes, no exception
+        return Prepared(f"internal error ({type(exc).__name__})", (), False, raw)
+
+
+def personalize(
+    prepared: Prepared,
+    *,
+    signer: Signer,
+    base_url: str,
+    https_policy: str,
+    message_id: str,
+    recipient: str,
+    sent_at: float,
+) -> bytes:
+    """One recipient's copy: pixel {base}/o/{token}, links {base}/c/{token}.
+
+    https_policy is SES's HttpsPolicy: REQUIRE puts both on https; REQUIRE_OPEN_ONLY
+    puts the pixel on https and gives each link the scheme of its original; OPTIONAL
+    uses base_url's own scheme for both. Raises ValueError only for a bad policy or a
+    base_url without a scheme (configuration errors), never because of the message.
+    """
+    if https_policy not in HTTPS_POLICIES:
+        raise ValueError(f"https_policy must be one of {', '.join(HTTPS_POLICIES)}, not {https_policy!r}")
+    scheme, sep, rest = base_url.rstrip("/").partition("://")
+    if not sep or not scheme or not rest:
+        raise ValueError(f"base_url must be an absolute http(s) URL, not {base_url!r}")
+    base = f"{scheme}://{rest}"
+    secure = f"https://{rest}"
+    open_url = None
+    if prepared.has_pixel:
+        token = signer.sign_open(OpenClaim(message_id, recipient, sent_at))
+        open_url = f"{base if https_policy == 'OPTIONAL' else secure}/o/{token}"
+    click_urls = []
+    for link in prepared.links:
+        if https_policy == "REQUIRE":
+            link_base = secure
+        elif https_policy == "REQUIRE_OPEN_ONLY":
+            link_base = f"{link.url.partition(':')[0].lower()}://{rest}"
+        else:
+            link_base = base
+        tags = {name: list(values) for name, values in link.tags.items()}
+        token = signer.sign_click(ClickClaim(message_id, recipient, sent_at, link.url, tags))
+        click_urls.append(f"{link_base}/c/{token}")
+    return prepared.render(open_url, click_urls)
+
+
+# --- analysis ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Document:
+    """A body part to instrument, decoded and scanned."""
+
+    leaf: Leaf
+    charset: str
+    text: str
+    scan: html.HtmlScan | None  # text/html
+    policies: tuple[LinkPolicy, ...]  # text/html: one per anchor in scan.anchors
+    url_spans: tuple[tuple[int, int], ...]  # text/plain
+
+
+# Everything relay inserts must be encodable in the part's charset: all of printable
+# ASCII (URLs are percent-encoded to it) and the pixel markup.
+_INSERTED_PROBE = pixel("".join(chr(c) for c in range(0x21, 0x7F))) + "&quot;&#39;"
+
+
+def _prepare(raw: bytes, options: TrackingOptions) -> Prepared:
+    documents = [_read(raw, leaf) for leaf in walk(raw) if _is_body_text(leaf)]
+    # A URL opted out in any HTML part is not tracked in the text parts either, so a
+    # one-time login link marked ses:no-track stays untouched everywhere (a known
+    # pitfall: SendGrid honoured the HTML opt-out but rewrote the same URL in text).
+    opted_out = {
+        policy.url for document in documents for policy in document.policies if policy.opted_out and policy.url
+    }
+    limit = max(options.max_links, 0) if options.click else 0
+    links: list[TrackedLink] = []
+    chunks: list[bytes | _Part] = []
+    position = 0
+    for document in documents:
+        if document.scan is not None:
+            edits = _html_edits(document, document.scan, options.open, limit, links)
+        else:
+            edits = _text_edits(document, limit, links, opted_out)
+        if not edits:
+            continue
+        try:
+            _INSERTED_PROBE.encode(document.charset)
+        except UnicodeError:
+            raise MimeError(f"charset {document.charset} cannot carry tracking URLs") from None
+        trailer = trailing_whitespace(raw[document.leaf.body_start : document.leaf.body_end])
+        part = _part(document.leaf, document.charset, trailer, document.text, build(document.text, edits))
+        chunks.append(raw[position : document.leaf.body_start])
+        # A part with no holes (only stripped attributes) is encoded once, here.
+        chunks.append(part if part.template.slots else part.render(None, ()))
+        position = document.leaf.body_end
+    has_pixel = options.open and any(document.scan is not None for document in documents)
+    if not chunks:
+        return Prepared(None, tuple(links), has_pixel, raw)
+    chunks.append(raw[position:])
+    return Prepared(None, tuple(links), has_pixel, raw, tuple(chunks))
+
+
+def _is_body_text(leaf: Leaf) -> bool:
+    # Only body text: attachments (an attached .html file too), signed or encrypted
+    # content and attached messages pass through byte-identical.
+    return not (leaf.opaque or leaf.attachment) and leaf.content_type in ("text/html", "text/plain")
+
+
+def _read(raw: bytes, leaf: Leaf) -> _Document:
+    body, charset = decode_body(leaf, raw[leaf.body_start : leaf.body_end])
+    if leaf.content_type != "text/html":
+        return _Document(leaf, charset, body, None, (), tuple(text.find_urls(body)))
+    scan = html.scan(body)
+    policies = tuple(_policy(anchor) for anchor in scan.anchors)
+    return _Document(leaf, charset, body, scan, policies, ())
+
+
+def _policy(anchor: html.Anchor) -> LinkPolicy:
+    href = anchor.first("href")
+    return decide(None if href is None else href.value, [(a.name, a.value) for a in anchor.attributes])
+
+
+def _html_edits(
+    document: _Document, scan: html.HtmlScan, open_pixel: bool, limit: int, links: list[TrackedLink]
+) -> list[Edit]:
+    edits: list[Edit] = []
+    for anchor, policy in zip(scan.anchors, document.policies, strict=True):
+        # SES removes ses:no-track before delivery; relay removes every control
+        # attribute (and the whitespace before it) from every anchor, tracked or not.
+        edits.extend(Edit(a.lead, a.end, None) for a in anchor.attributes if a.name in CONTROL_ATTRIBUTES)
+        href = anchor.first("href")
+        if href is None or not policy.tracked or len(links) >= limit:
+            continue
+        assert policy.url is not None
+        if href.quote:  # replace inside the quotes, keeping the author's quoting style
+            edits.append(Edit(href.value_start + 1, href.end - 1, Slot(len(links), href.quote)))
+        else:
+            edits.append(Edit(href.value_start, href.end, Slot(len(links), "unquoted")))
+        links.append(TrackedLink(policy.url, policy.tags))
+    # {{ses:openTracker}}: the first one becomes the pixel, the others are removed (SES
+    # rule); else the pixel goes just before the last </body>, or at the end of the
+    # document. A placeholder inside an attribute being removed goes with it.
+    placeholders = _outside(scan.placeholders, sorted(edits, key=lambda edit: edit.start))
+    for number, (start, end) in enumerate(placeholders):
+        edits.append(Edit(start, end, PIXEL_SLOT if number == 0 and open_pixel else None))
+    if open_pixel and not placeholders:
+        at = scan.body_end if scan.body_end is not None else len(document.text.rstrip("\t\n\f\r "))
+        edits.append(Edit(at, at, PIXEL_SLOT))
+    return edits
+
+
+def _outside(spans: Sequence[tuple[int, int]], edits: Sequence[Edit]) -> list[tuple[int, int]]:
+    """The spans that overlap no edit (both in document order, edits non-overlapping)."""
+    kept, index = [], 0
+    for start, end in spans:
+        while index < len(edits) and edits[index].end <= start:
+            index += 1
+        if index == len(edits) or end <= edits[index].start:
+            kept.append((start, end))
+    return kept
+
+
+def _text_edits(document: _Document, limit: int, links: list[TrackedLink], opted_out: set[str]) -> list[Edit]:
+    edits: list[Edit] = []
+    for start, end in document.url_spans:
+        url = document.text[start:end]
+        if url in opted_out or len(links) >= limit:
+            continue
+        edits.append(Edit(start, end, Slot(len(links), "text")))
+        links.append(TrackedLink(url, {}))
+    return edits

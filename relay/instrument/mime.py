@@ -1,0 +1,252 @@
+# Walk a MIME message over its raw bytes (RFC 2045/2046), so every byte we do not
+# rewrite is copied verbatim; decode a leaf body to text and re-encode edited text
+# with the part's own charset and Content-Transfer-Encoding.
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+
+class MimeError(ValueError):
+    """The message structure or a part's encoding cannot be handled faithfully."""
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A non-multipart part: where its body sits in the raw message and how it is encoded."""
+
+    content_type: str  # lowercased "type/subtype" (RFC 2045 default text/plain)
+    charset: str | None  # lowercased charset parameter, if any
+    transfer_encoding: str  # lowercased Content-Transfer-Encoding, "7bit" by default
+    attachment: bool  # Content-Disposition: attachment
+    opaque: bool  # inside or equal to something relay must not touch (signed, encrypted, message/*)
+    body_start: int
+    body_end: int
+    eol: bytes  # the line ending used in this body (for re-encoding)
+
+
+# Signed or encrypted content must stay byte-identical (any change breaks the
+# signature, RFC 1847 / RFC 8551); attached messages are someone else's mail.
+_OPAQUE_MULTIPARTS = frozenset({"multipart/signed", "multipart/encrypted"})
+_OPAQUE_LEAVES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+_MAX_DEPTH = 40
+_HEADER_END_RE = re.compile(rb"\n\r?\n")
+
+
+def walk(raw: bytes) -> list[Leaf]:
+    """Every leaf of the message in document order; opaque subtrees are one leaf."""
+    leaves: list[Leaf] = []
+    _walk_entity(raw, 0, len(raw), out=leaves, default_type="text/plain", eol=_eol_of(raw, 0, len(raw)), depth=0)
+    return leaves
+
+
+def _walk_entity(
+    raw: bytes, start: int, end: int, *, out: list[Leaf], default_type: str, eol: bytes, depth: int
+) -> None:
+    if depth > _MAX_DEPTH:
+        raise MimeError("MIME nesting too deep")
+    headers, body_start = _split_headers(raw, start, end)
+    headers.set_default_type(default_type)
+    content_type = headers.get_content_type()
+    eol = _eol_of(raw, body_start, end) or eol
+    if content_type.startswith("multipart/") and content_type not in _OPAQUE_MULTIPARTS:
+        boundary = headers.get_boundary()
+        if not boundary:
+            raise MimeError(f"{content_type} without a boundary")
+        # RFC 2046 §5.1.5: the parts of multipart/digest default to message/rfc822.
+        child_type = "message/rfc822" if content_type == "multipart/digest" else "text/plain"
+        for part_start, part_end in _split_multipart(raw, body_start, end, boundary):
+            _walk_entity(raw, part_start, part_end, out=out, default_type=child_type, eol=eol, depth=depth + 1)
+        return
+    opaque = content_type in _OPAQUE_MULTIPARTS or content_type in _OPAQUE_LEAVES or content_type.startswith("message/")
+    cte = str(headers.get("content-transfer-encoding", "7bit")).split("(")[0].strip().lower() or "7bit"
+    charset = headers.get_content_charset()
+    out.append(
+        Leaf(
+            content_type=content_type,
+            charset=charset,
+            transfer_encoding=cte,
+            attachment=headers.get_content_disposition() == "attachment",
+            opaque=opaque,
+            body_start=body_start,
+            body_end=end,
+            eol=eol,
+        )
+    )
+
+
+def _split_headers(raw: bytes, start: int, end: int) -> tuple[Message, int]:
+    """Parse the header block of the entity raw[start:end]; return it and where the body starts."""
+    if raw.startswith(b"\n", start, end) or raw.startswith(b"\r\n", start, end):
+        # No headers at all (allowed for a body part, RFC 2046 §5.1.1): all defaults.
+        body_start = start + (1 if raw.startswith(b"\n", start, end) else 2)
+        return Message(), min(body_start, end)
+    match = _HEADER_END_RE.search(raw, start, end)
+    header_end, body_start = (match.start() + 1, match.end()) if match else (end, end)
+    parser = BytesHeaderParser(policy=compat32)
+    return parser.parsebytes(raw[start:header_end]), body_start
+
+
+def _split_multipart(raw: bytes, start: int, end: int, boundary: str) -> list[tuple[int, int]]:
+    """Byte ranges of the body parts between the delimiter lines (RFC 2046 §5.1.1)."""
+    try:
+        token = boundary.encode("ascii")
+    except UnicodeEncodeError:
+        raise MimeError("non-ASCII multipart boundary") from None
+    # A delimiter line is "--boundary" (+ "--" for the last), optional transport padding;
+    # the line break before it belongs to the delimiter, not to the preceding part.
+    needle = b"--" + token
+    parts: list[tuple[int, int]] = []
+    part_start: int | None = None
+    position = start
+    while (found := raw.find(needle, position, end)) >= 0:
+        position = found + 1
+        if found != start and raw[found - 1] != 0x0A:
+            continue  # not at the start of a line
+        tail = _DELIMITER_TAIL_RE.match(raw, found + len(needle), end)
+        if tail is None:
+            continue  # "--boundaryX": a longer line, not a delimiter
+        if part_start is not None:
+            parts.append((part_start, max(part_start, _before_eol(raw, found))))
+        if tail[1]:  # close delimiter: the rest is the epilogue
+            if part_start is None:
+                raise MimeError("multipart closes before its first part")
+            return parts
+        part_start = position = tail.end()
+    if part_start is None:
+        raise MimeError("multipart boundary not found")
+    raise MimeError("missing closing multipart boundary")
+
+
+_DELIMITER_TAIL_RE = re.compile(rb"(--)?[ \t]*(?:\r?\n|\Z)")
+
+
+def _before_eol(raw: bytes, pos: int) -> int:
+    if raw[pos - 2 : pos] == b"\r\n":
+        return pos - 2
+    if raw[pos - 1 : pos] == b"\n":
+        return pos - 1
+    return pos
+
+
+def _eol_of(raw: bytes, start: int, end: int) -> bytes:
+    newline = raw.find(b"\n", start, end)
+    if newline < 0:
+        return b""
+    return b"\r\n" if newline > start and raw[newline - 1] == 0x0D else b"\n"
+
+
+# --- bodies: transfer encoding + charset -----------------------------------------
+
+_TRANSFER_ENCODINGS = frozenset({"7bit", "8bit", "binary", "quoted-printable", "base64"})
+_B64_RE = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_B64_WS_RE = re.compile(rb"[ \t\r\n]+")
+
+
+def decode_body(leaf: Leaf, body: bytes) -> tuple[str, str]:
+    """The body as text and the codec name to re-encode it with.
+
+    Fails unless re-encoding the unchanged text gives back exactly the decoded bytes,
+    which guarantees that every untouched character survives instrumentation.
+    """
+    if leaf.transfer_encoding not in _TRANSFER_ENCODINGS:
+        raise MimeError(f"unsupported Content-Transfer-Encoding {leaf.transfer_encoding!r}")
+    octets = _decode_transfer(leaf.transfer_encoding, body)
+    candidates = [leaf.charset] if leaf.charset else ["us-ascii", "utf-8"]
+    for charset in candidates:
+        try:
+            text = octets.decode(charset)
+            if text.encode(charset) == octets:
+                return text, charset
+        except LookupError:
+            raise MimeError(f"unknown charset {leaf.charset!r}") from None
+        except (UnicodeError, ValueError):
+            continue
+    if leaf.charset:
+        raise MimeError(f"body is not valid {leaf.charset}")
+    # RFC 2045 §5.2 says us-ascii when undeclared; UTF-8 is the common reality.
+    raise MimeError("undeclared charset and the body is not UTF-8")
+
+
+def encode_body(text: str, charset: str, leaf: Leaf, trailer: bytes) -> bytes:
+    """Encode edited text back with the part's charset and transfer encoding.
+
+    `trailer` is trailing_whitespace() of the original body: base64 output ends with
+    it, so the line structure before the next boundary stays as it was.
+    """
+    octets = text.encode(charset)
+    eol = leaf.eol or b"\r\n"
+    if leaf.transfer_encoding == "quoted-printable":
+        return encode_quoted_printable(octets, eol)
+    if leaf.transfer_encoding == "base64":
+        lines = base64.encodebytes(octets).rstrip(b"\n").split(b"\n")  # 76-char lines, RFC 2045 §6.8
+        return eol.join(lines) + trailer
+    return octets  # 7bit/8bit/binary: relay only inserts ASCII, so 7bit stays 7bit
+
+
+def encodes_by_line(text: str, charset: str, eol: bytes) -> bool:
+    """Whether encoding `text` line by line gives exactly its encoding as a whole.
+
+    True for ASCII-compatible charsets (and for ISO-2022-JP, which returns to ASCII
+    before every line break): then a quoted-printable part can be re-encoded one
+    line at a time, and lines that hold no tracking URL are encoded once, in prepare.
+    """
+    try:
+        separator = eol.decode("ascii")
+        whole = text.encode(charset)
+        return eol.join(line.encode(charset) for line in text.split(separator)) == whole
+    except UnicodeError:
+        return False
+
+
+def trailing_whitespace(body: bytes) -> bytes:
+    return body[len(body.rstrip(b" \t\r\n")) :]
+
+
+def _decode_transfer(cte: str, body: bytes) -> bytes:
+    if cte == "quoted-printable":
+        return binascii.a2b_qp(body)
+    if cte == "base64":
+        compact = _B64_WS_RE.sub(b"", body)
+        if not _B64_RE.fullmatch(compact):
+            raise MimeError("invalid base64 body")
+        return base64.b64decode(compact)
+    return body
+
+
+# Quoted-printable (RFC 2045 §6.7): printable ASCII but '=' stays literal, and so do
+# space and tab unless they end a line; every encoded line is at most 76 characters,
+# with '=' soft line breaks that never split an =XX escape.
+_QP_UNSAFE_RE = re.compile(rb"[^\x21-\x3c\x3e-\x7e \t]")
+_QP_ESCAPES = [b"=%02X" % byte for byte in range(256)]
+_QP_MAX_LINE = 76
+
+
+def encode_quoted_printable(data: bytes, eol: bytes) -> bytes:
+    return eol.join(encode_quoted_printable_line(line, eol) for line in data.split(eol))
+
+
+def encode_quoted_printable_line(line: bytes, eol: bytes) -> bytes:
+    """One hard line (without its line break), soft-broken with `eol` to legal length."""
+    # Line breaks other than the part's own (a bare CR or LF) are data: escaped too.
+    encoded = _QP_UNSAFE_RE.sub(lambda match: _QP_ESCAPES[match[0][0]], line)
+    if encoded[-1:] in (b" ", b"\t"):  # trailing whitespace would be stripped in transit
+        encoded = encoded[:-1] + _QP_ESCAPES[encoded[-1]]
+    if len(encoded) <= _QP_MAX_LINE:
+        return encoded
+    out = []
+    while len(encoded) > _QP_MAX_LINE:
+        cut = _QP_MAX_LINE - 1
+        if encoded[cut - 1] == 0x3D:
+            cut -= 1
+        elif encoded[cut - 2] == 0x3D:
+            cut -= 2
+        out.append(encoded[:cut] + b"=")
+        encoded = encoded[cut:]
+    out.append(encoded)
+    return eol.join(out)

@@ -1,0 +1,130 @@
+# A decoded part as text pieces with holes for one recipient's URLs. prepare() turns
+# the located edits into a template once; render() only joins pieces and URLs, so
+# per-recipient work is string concatenation plus re-encoding.
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A hole: link `index` (or the pixel when index is None) written in `style`."""
+
+    index: int | None
+    # '"' or "'": inside an HTML attribute with that quote; "unquoted": an unquoted HTML
+    # attribute value, which gets double quotes; "text": plain text, written verbatim;
+    # "pixel": the whole pixel <img> (nothing at all without an open URL).
+    style: str
+
+
+PIXEL_SLOT = Slot(None, "pixel")
+
+
+@dataclass(frozen=True)
+class Edit:
+    start: int
+    end: int
+    slot: Slot | None  # None deletes the span
+
+
+@dataclass(frozen=True)
+class Template:
+    pieces: tuple[str, ...]  # len(pieces) == len(slots) + 1
+    slots: tuple[Slot, ...]
+
+    def fill(self, open_url: str | None, click_urls: Sequence[str]) -> str:
+        out = [self.pieces[0]]
+        for slot, piece in zip(self.slots, self.pieces[1:], strict=True):
+            if slot.index is None:
+                if open_url is not None:
+                    out.append(pixel(open_url))
+            else:
+                out.append(_write(click_urls[slot.index], slot.style))
+            out.append(piece)
+        return "".join(out)
+
+
+def split_lines(template: Template, separator: str) -> list[str | Template]:
+    """The template's lines (without separators): plain text, or a Template with holes."""
+    lines: list[list[str | Slot]] = [[]]
+    for piece, slot in zip(template.pieces, (*template.slots, None), strict=True):
+        first, *rest = piece.split(separator)
+        lines[-1].append(first)
+        lines.extend([line] for line in rest)
+        if slot is not None:
+            lines[-1].append(slot)
+    return [_line(items) for items in lines]
+
+
+def _line(items: list[str | Slot]) -> str | Template:
+    pieces: list[str] = []
+    slots: list[Slot] = []
+    current: list[str] = []
+    for item in items:
+        if isinstance(item, Slot):
+            pieces.append("".join(current))
+            slots.append(item)
+            current = []
+        else:
+            current.append(item)
+    pieces.append("".join(current))
+    return Template(tuple(pieces), tuple(slots)) if slots else pieces[0]
+
+
+def build(text: str, edits: Sequence[Edit]) -> Template:
+    """Cut `text` at the edits; an edit overlapping an earlier one is dropped."""
+    pieces: list[str] = []
+    slots: list[Slot] = []
+    current: list[str] = []
+    pos = 0
+    for edit in sorted(edits, key=lambda edit: (edit.start, edit.end)):
+        if edit.start < pos:
+            continue
+        current.append(text[pos : edit.start])
+        if edit.slot is not None:
+            pieces.append("".join(current))
+            slots.append(edit.slot)
+            current = []
+        pos = edit.end
+    current.append(text[pos:])
+    pieces.append("".join(current))
+    return Template(tuple(pieces), tuple(slots))
+
+
+def pixel(url: str) -> str:
+    # 1x1 with no border, empty alt and no line box of its own: a blocked image shows no
+    # broken-image icon and adds no gap or scrollbar (postmangovsg #2241, freescout #499).
+    # Not display:none, which Gmail's proxy does not fetch.
+    return (
+        f'<img src="{_escape(_ascii(url), chr(34))}" width="1" height="1" alt="" border="0" '
+        'style="height:1px!important;width:1px!important;border:0!important;margin:0!important;'
+        'padding:0!important;display:block;overflow:hidden" />'
+    )
+
+
+def _write(url: str, style: str) -> str:
+    url = _ascii(url)
+    if style == "text":
+        return url
+    if style == "unquoted":
+        return '"' + _escape(url, '"') + '"'
+    return _escape(url, style)
+
+
+def _escape(url: str, quote_char: str) -> str:
+    # Tracking URLs are [A-Za-z0-9_-./:], so this is almost always a no-op.
+    url = url.replace("&", "&amp;")
+    return url.replace(quote_char, "&quot;" if quote_char == '"' else "&#39;")
+
+
+_PRINTABLE_RE = re.compile(r"[\x21-\x7e]*")
+_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def _ascii(url: str) -> str:
+    # Keep every inserted URL printable ASCII so that it encodes in any charset
+    # (RFC 3987 §3.1 maps an IRI to a URI by percent-encoding its UTF-8).
+    return url if _PRINTABLE_RE.fullmatch(url) else quote(url, safe=_PRINTABLE)

@@ -1,0 +1,202 @@
+"""Checks that an instrumented message differs from its original only where it may.
+
+Parts are decoded with the stdlib `email` package (independent of relay's walker);
+text parts must come back exactly when each tracking URL is replaced by its original;
+HTML parts are diffed token by token and every difference must be a rewritten href,
+a removed control attribute (and whitespace before it), a removed placeholder or the
+pixel. Headers, preambles, epilogues and every other part must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import difflib
+import email
+import html
+import re
+from collections import Counter
+from dataclasses import dataclass
+from email.message import Message
+from email.policy import compat32
+
+from relay.instrument import Prepared
+from relay.instrument.mime import walk
+from relay.instrument.template import pixel
+
+CLICK = "https://trk.test/c/{}"
+OPEN = "https://trk.test/o/pixel"
+_CLICK_RE = re.compile(r"https://trk\.test/c/(\d+)")
+_PIXEL = pixel(OPEN)
+_CONTROL_RE = re.compile(
+    r"(?i)(ses:no-track|ses:tags|clicktracking|data-pm-no-track|data-msys-clicktrack|disable-tracking"
+    r"|mc:disable-tracking)(=.*)?",
+    re.S,
+)
+_PLACEHOLDER_RE = re.compile(r"\{\{\s*ses:openTracker\s*\}\}")
+_TOKEN_RE = re.compile(
+    r"""\ue000\d+\ue001|\ue002
+    |[^\s<>"'=/\ue000-\ue002]+\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>"'\ue000-\ue002]*)
+    |\s+
+    |[^\s<>"'=/{}\ue000-\ue002]+
+    |.""",
+    re.X | re.S,
+)
+
+
+def render_sentinels(prepared: Prepared, with_pixel: bool = True) -> bytes:
+    return prepared.render(OPEN if with_pixel else None, [CLICK.format(i) for i in range(len(prepared.links))])
+
+
+@dataclass
+class Changes:
+    links: list[int]  # indexes of rewritten links, in the order found
+    pixels: int
+    removed: list[str]  # removed control attributes and placeholders
+
+
+def assert_faithful(raw: bytes, out: bytes, prepared: Prepared) -> Changes:
+    """Assert that `out` is `raw` with only expected changes; return what changed."""
+    original, output = _parse(raw), _parse(out)
+    assert output.items() == original.items(), "top-level headers changed"
+    changes = Changes([], 0, [])
+    pairs = list(zip(_leaves(original), _leaves(output), strict=True))
+    for (old, old_opaque), (new, _) in pairs:
+        assert new.items() == old.items(), "part headers changed"
+        if _body_text(old, old_opaque):
+            old_text, new_text = _decoded(old), _decoded(new)
+            if old.get_content_type() == "text/html":
+                _diff_html(old_text, new_text, prepared, changes)
+            else:
+                _diff_text(old_text, new_text, prepared, changes)
+        else:
+            assert new.get_payload() == old.get_payload(), f"{old.get_content_type()} part changed"
+    for old, new in zip(original.walk(), output.walk(), strict=True):
+        assert (new.preamble, new.epilogue) == (old.preamble, old.epilogue)
+    assert _skeleton(out) == _skeleton(raw), "bytes outside the body-text parts changed"
+    assert sorted(changes.links) == list(range(len(prepared.links))), "each link rewritten exactly once"
+    return changes
+
+
+def _parse(raw: bytes) -> Message:
+    return email.message_from_bytes(raw, policy=compat32)
+
+
+def _leaves(message: Message, opaque: bool = False) -> list[tuple[Message, bool]]:
+    content_type = message.get_content_type()
+    opaque = (
+        opaque or content_type in ("multipart/signed", "multipart/encrypted") or content_type.startswith("message/")
+    )
+    payload = message.get_payload()
+    if isinstance(payload, list):
+        return [leaf for part in payload if isinstance(part, Message) for leaf in _leaves(part, opaque)]
+    return [(message, opaque)]
+
+
+def _body_text(part: Message, opaque: bool) -> bool:
+    return (
+        not opaque
+        and part.get_content_disposition() != "attachment"
+        and part.get_content_type() in ("text/html", "text/plain")
+    )
+
+
+def _decoded(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload.decode(part.get_content_charset() or "utf-8")
+
+
+def _skeleton(raw: bytes) -> bytes:
+    """The message with the bodies of text/html and text/plain body parts cut out."""
+    pieces, position = [], 0
+    for leaf in walk(raw):
+        if not (leaf.opaque or leaf.attachment) and leaf.content_type in ("text/html", "text/plain"):
+            pieces.append(raw[position : leaf.body_start])
+            position = leaf.body_end
+    return b"<body>".join([*pieces, raw[position:]])
+
+
+def _diff_text(old: str, new: str, prepared: Prepared, changes: Changes) -> None:
+    found = [int(m[1]) for m in _CLICK_RE.finditer(new)]
+    restored = _CLICK_RE.sub(lambda m: prepared.links[int(m[1])].url, new)
+    assert restored == old, "text part changed outside its URLs"
+    assert all(prepared.links[i].tags == {} for i in found)
+    changes.links.extend(found)
+
+
+# Coarse tokens: whole tags and the text between them. Edits never add or remove a
+# tag, so after dropping pixels and merging adjacent text the two documents pair up
+# token by token, with no alignment guesswork between repeated identical tags.
+_OUTER_RE = re.compile(r"<[^<>]*>|[^<]+|<")
+
+
+def _outer_tokens(text: str) -> list[str]:
+    tokens: list[str] = []
+    run: list[str] = []
+    for token in _OUTER_RE.findall(text):
+        if len(token) > 1 and token[0] == "<":
+            if run:
+                tokens.append("".join(run))
+                run = []
+            tokens.append(token)
+        else:
+            run.append(token)
+    return tokens + (["".join(run)] if run else [])
+
+
+def _diff_html(old: str, new: str, prepared: Prepared, changes: Changes) -> None:
+    marked = new.replace(_PIXEL, "\ue002")
+    changes.pixels += marked.count("\ue002")
+    marked = _CLICK_RE.sub(lambda m: f"\ue000{m[1]}\ue001", marked).replace("\ue002", "")
+    before, after = _outer_tokens(old), _outer_tokens(marked)
+    if len(before) != len(after):  # a text run that was only placeholders vanished
+        vanished = [t for t in before if t[0] != "<" and not _PLACEHOLDER_RE.sub("", t)]
+        changes.removed += [p for t in vanished for p in _PLACEHOLDER_RE.findall(t)]
+        before = [t for t in before if t not in vanished]
+    assert len(before) == len(after), "tags added or removed"
+    for old_token, new_token in zip(before, after, strict=True):
+        if old_token == new_token:
+            continue
+        if len(old_token) > 1 and old_token[0] == "<" and old_token[-1] == ">":
+            _diff_tokens(old_token, new_token, prepared, changes)
+        else:  # text: only {{ses:openTracker}} placeholders may go
+            assert _PLACEHOLDER_RE.sub("", old_token) == new_token, f"text changed: {old_token!r} -> {new_token!r}"
+            changes.removed += _PLACEHOLDER_RE.findall(old_token)
+
+
+def _diff_tokens(old: str, new: str, prepared: Prepared, changes: Changes) -> None:
+    # Placeholders are deleted as they stand (no whitespace goes with them).
+    changes.removed += _PLACEHOLDER_RE.findall(old)
+    old = _PLACEHOLDER_RE.sub("", old)
+    before, after = _TOKEN_RE.findall(old), _TOKEN_RE.findall(new)
+    matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            continue
+        removed = [t for t in before[i1:i2] if _CONTROL_RE.fullmatch(t)]
+        olds = [t for t in before[i1:i2] if t not in removed]
+        news = after[j1:j2]
+        changes.pixels += news.count("\ue002")
+        news = [t for t in news if t != "\ue002"]
+        old_space, new_space = [t for t in olds if t.isspace()], [t for t in news if t.isspace()]
+        assert not Counter(new_space) - Counter(old_space), f"whitespace added: {before[i1:i2]} -> {after[j1:j2]}"
+        assert len(old_space) - len(new_space) <= len(removed), f"whitespace lost: {before[i1:i2]} -> {after[j1:j2]}"
+        olds, news = [t for t in olds if not t.isspace()], [t for t in news if not t.isspace()]
+        assert len(olds) == len(news), f"unexpected change: {before[i1:i2]!r} -> {after[j1:j2]!r}"
+        for old_token, new_token in zip(olds, news, strict=True):
+            changes.links.append(_check_href(old_token, new_token, prepared))
+        changes.removed.extend(removed)
+
+
+def _check_href(old: str, new: str, prepared: Prepared) -> int:
+    old_name, _, old_value = old.partition("=")
+    new_name, _, new_value = new.partition("=")
+    old_value, new_value = old_value.lstrip(), new_value.lstrip()
+    assert old_name == new_name and old_name.strip().lower() == "href", f"{old!r} -> {new!r}"
+    match = re.fullmatch(r"([\"']?)\ue000(\d+)\ue001\1", new_value)
+    assert match, f"{old!r} -> {new!r}"
+    quote = old_value[0] if old_value[:1] in ("'", '"') else ""
+    assert match[1] == (quote or '"'), "quoting style changed"
+    index = int(match[2])
+    raw_value = old_value[1:-1] if quote else old_value
+    assert html.unescape(raw_value).strip() == prepared.links[index].url
+    return index
