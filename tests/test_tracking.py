@@ -243,3 +243,51 @@ matching_event_types = ["send", "open"]
         if runner is not None:
             await runner.cleanup()
         await up.stop()
+
+
+BROKEN = """From: news@example.com\r
+Subject: Broken\r
+X-SES-CONFIGURATION-SET: news\r
+MIME-Version: 1.0\r
+Content-Type: text/html; charset=utf-8\r
+Content-Transfer-Encoding: base64\r
+\r
+PGh0bWw+PGEgaHJlZj0iaHR0cHM6Ly9leGFtcGxlLmNvbS8iPng8L2E+!!!not base64***\r
+"""
+
+
+async def test_rendering_failure_sends_original_and_records_why(tmp_path: Path) -> None:
+    up = await Upstream().start()
+    relay = RelayProcess(tmp_path, TRACKED, upstream_url=f"smtp://127.0.0.1:{up.port}")
+    try:
+        await relay.start()
+        await submit(relay.smtp_port, BROKEN, sender="news@example.com", rcpts=RCPTS[:2])
+        await wait_for(lambda: up.messages)
+        body = BROKEN.split("\r\n\r\n", 1)[1].encode()
+        assert all(m.data.endswith(body) for m in up.messages)  # unchanged
+        assert sum(len(m.rcpts) for m in up.messages) == 2
+        failures = await wait_for(lambda: db_events(relay, "Rendering Failure"))
+        assert failures[0][1]["failure"]["errorMessage"]
+        assert len(db_events(relay, "Delivery")) == 2
+    finally:
+        await relay.stop()
+        await up.stop()
+
+
+async def test_set_tracking_domain_and_https_policy(tmp_path: Path) -> None:
+    up = await Upstream().start()
+    config = TRACKED.replace("[configuration_sets.news]\n", '[configuration_sets.news]\n'
+                             'tracking_base_url = "http://click.example.test"\nhttps_policy = "REQUIRE"\n')
+    relay = RelayProcess(tmp_path, config, upstream_url=f"smtp://127.0.0.1:{up.port}")
+    try:
+        await relay.start()
+        await submit(relay.smtp_port, HTML_MESSAGE, sender="news@example.com", rcpts=RCPTS[:1])
+        await wait_for(lambda: up.messages)
+        msg = email.message_from_bytes(up.messages[0].data, policy=policy.default)
+        text = "".join(p.get_content() for p in msg.walk() if p.get_content_maintype() == "text")
+        assert re.search(r'src="https://click\.example\.test/o/[A-Za-z0-9_-]+"', text)
+        assert len(re.findall(r"https://click\.example\.test/c/[A-Za-z0-9_-]+", text)) == 2
+        assert "127.0.0.1" not in text
+    finally:
+        await relay.stop()
+        await up.stop()
