@@ -42,6 +42,10 @@ def serve(config_path: str | None, log_level: str) -> None:
         sys.exit(2)
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs every command line at INFO, AUTH credentials included: keep it quiet
+    # unless asked for (no secrets in logs).
+    if log_level.upper() != "DEBUG":
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
     from relay.app import serve as run
 
     try:

@@ -31,6 +31,7 @@ NOT_ALLOWED = "550 5.7.1 Relaying denied: client {ip} is not in smtp.allowed_cli
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients (at most {n} per message)"
 TEMP_FAILURE = "451 4.3.0 Temporary service failure"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
 
 
 class IntakeHandler:
@@ -56,6 +57,8 @@ class IntakeHandler:
         peer = _peer_ip(session)
         if not _allowed(peer, self._config.smtp.allowed_clients):
             return NOT_ALLOWED.format(ip=peer)
+        if self._config.smtp.auth_required and not session.authenticated:
+            return AUTH_REQUIRED
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -182,7 +185,7 @@ class SmtpServer:
             warnings.simplefilter("ignore")  # aiosmtpd warns about AUTH without TLS; README covers it
             proto = SMTP(self._handler, data_size_limit=smtp.max_message_size, enable_SMTPUTF8=True,
                          decode_data=False, hostname=smtp.hostname, ident="relay ESMTP",
-                         tls_context=self._tls, auth_required=smtp.auth_required,
+                         tls_context=self._tls,  # auth_required is enforced in handle_MAIL
                          # With TLS configured, AUTH only after STARTTLS; without it, AUTH is
                          # offered in clear only when users are configured (keep such a relay
                          # on loopback or a private network).
