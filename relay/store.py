@@ -111,7 +111,7 @@ class Store:
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         assert self._reader is not None, "store is not open"
         async with self._reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+            return [tuple(row) for row in await cur.fetchall()]
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         rows = await self.fetchall(sql, params)
@@ -146,7 +146,7 @@ class Store:
                             results.append(None)
                         except Exception as e:  # noqa: BLE001 - reported to that caller
                             results.append(e)
-                for (_, fut), err in zip(batch, results):
+                for (_, fut), err in zip(batch, results, strict=True):
                     if not fut.done():
                         if err is None:
                             fut.set_result(None)

@@ -2,6 +2,7 @@
 # relay's SQLite file, queryable by message, recipient, type and time.
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from relay.events.bus import Event
@@ -25,7 +26,7 @@ class SqliteDestination:
             event.recipient, event.event_type, event.timestamp, event.body))])
         fut.add_done_callback(self._done)
 
-    def _done(self, fut: "asyncio.Future[None]") -> None:  # type: ignore[name-defined]
+    def _done(self, fut: asyncio.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             log.error("sqlite destination %s: event not stored: %s", self.name, fut.exception())
 

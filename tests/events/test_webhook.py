@@ -198,7 +198,7 @@ async def test_events_arrive_signed_with_their_headers(
         dest.put(e)
     await until(lambda: len(receiver.requests) == 3)
     assert receiver.ids() == [e.event_id for e in events]
-    for e, r in zip(events, receiver.requests):
+    for e, r in zip(events, receiver.requests, strict=True):
         assert r.body == e.body
         assert r.headers["Content-Type"] == "application/json"
         ts = r.headers["X-Relay-Timestamp"]
