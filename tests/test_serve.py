@@ -276,8 +276,9 @@ async def test_concurrent_clients_all_delivered_exactly_once(upstream: Upstream,
 async def test_maildir_upstream(relay_factory, tmp_path: Path) -> None:
     relay = await relay_factory(upstream_url="maildir:outbox")
     reply = await submit(relay.smtp_port, MESSAGE)
+    new = tmp_path / "outbox" / "new"
+    await wait_for(lambda: new.is_dir() and len(list(new.iterdir())) == 1)
     box = mailbox.Maildir(str(tmp_path / "outbox"), create=False)
-    await wait_for(lambda: len(box) == 1)
     msg = box.get_bytes(box.keys()[0])
     assert f"id {reply.split()[1]}".encode() in msg and b"Return-Path: <ana@example.com>" in msg
     assert b"X-SES-CONFIGURATION-SET" not in msg

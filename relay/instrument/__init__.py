@@ -1,6 +1,7 @@
 # Open and click instrumentation, bytes in and bytes out: prepare() parses a message
 # once into byte segments and text templates; render() / personalize() fill in one
-# recipient's pixel and link URLs. Nothing outside the edited spans changes.
+# recipient's pixel and link URLs. Nothing outside the edited spans changes (a part's
+# Content-Transfer-Encoding is one when its copy must go quoted-printable: part.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,17 +10,9 @@ from dataclasses import dataclass, field
 from ..tokens import ClickClaim, OpenClaim, Signer
 from . import html, text
 from .links import CONTROL_ATTRIBUTES, LinkPolicy, decide
-from .mime import (
-    Leaf,
-    MimeError,
-    decode_body,
-    encode_body,
-    encode_quoted_printable_line,
-    encodes_by_line,
-    trailing_whitespace,
-    walk,
-)
-from .template import PIXEL_SLOT, Edit, Slot, Template, build, pixel, split_lines
+from .mime import Leaf, MimeError, decode_body, trailing_whitespace, walk
+from .part import Part, part
+from .template import PIXEL_SLOT, Edit, Slot, build, pixel
 
 __all__ = ["HTTPS_POLICIES", "Prepared", "TrackedLink", "TrackingOptions", "personalize", "prepare"]
 
@@ -40,58 +33,13 @@ class TrackedLink:
 
 
 @dataclass(frozen=True)
-class _Part:
-    """An edited leaf: its template and how to encode it back."""
-
-    leaf: Leaf
-    charset: str
-    trailer: bytes  # what followed the encoded body text (kept for base64)
-    template: Template
-    # Quoted-printable encodes line by line: when the charset allows it, the lines
-    # without holes are encoded once (bytes) and only lines with URLs per recipient.
-    lines: tuple[bytes | Template, ...] | None = None
-
-    def render(self, open_url: str | None, click_urls: Sequence[str]) -> bytes:
-        if self.lines is None:
-            filled = self.template.fill(open_url, click_urls)
-            return encode_body(filled, self.charset, self.leaf, self.trailer)
-        eol = self.leaf.eol
-        return eol.join(
-            line
-            if isinstance(line, bytes)
-            else encode_quoted_printable_line(line.fill(open_url, click_urls).encode(self.charset), eol)
-            for line in self.lines
-        )
-
-
-def _part(leaf: Leaf, charset: str, trailer: bytes, text: str, template: Template) -> _Part:
-    if leaf.transfer_encoding != "quoted-printable" or not template.slots:
-        return _Part(leaf, charset, trailer, template)
-    if not leaf.eol or not encodes_by_line(text, charset, leaf.eol):
-        return _Part(leaf, charset, trailer, template)
-    lines: list[bytes | Template] = []
-    static: list[bytes] = []  # consecutive lines without holes, joined into one item
-    for line in split_lines(template, leaf.eol.decode("ascii")):
-        if isinstance(line, str):
-            static.append(encode_quoted_printable_line(line.encode(charset), leaf.eol))
-            continue
-        if static:
-            lines.append(leaf.eol.join(static))
-            static = []
-        lines.append(line)
-    if static:
-        lines.append(leaf.eol.join(static))
-    return _Part(leaf, charset, trailer, template, tuple(lines))
-
-
-@dataclass(frozen=True)
 class Prepared:
     failure: str | None  # why the message passes through untouched, if it does
     links: tuple[TrackedLink, ...]  # tracked links in document order across parts
     has_pixel: bool  # whether any HTML part got a pixel slot
     _raw: bytes = field(default=b"", repr=False, compare=False)
     # The output as raw byte runs copied from the input and edited parts to re-encode.
-    _chunks: tuple[bytes | _Part, ...] = field(default=(), repr=False, compare=False)
+    _chunks: tuple[bytes | Part, ...] = field(default=(), repr=False, compare=False)
 
     def render(self, open_url: str | None, click_urls: Sequence[str]) -> bytes:
         """The message with one recipient's URLs: click_urls[i] replaces links[i].
@@ -193,7 +141,7 @@ def _prepare(raw: bytes, options: TrackingOptions) -> Prepared:
     }
     limit = max(options.max_links, 0) if options.click else 0
     links: list[TrackedLink] = []
-    chunks: list[bytes | _Part] = []
+    chunks: list[bytes | Part] = []
     position = 0
     for document in documents:
         if document.scan is not None:
@@ -207,10 +155,10 @@ def _prepare(raw: bytes, options: TrackingOptions) -> Prepared:
         except UnicodeError:
             raise MimeError(f"charset {document.charset} cannot carry tracking URLs") from None
         trailer = trailing_whitespace(raw[document.leaf.body_start : document.leaf.body_end])
-        part = _part(document.leaf, document.charset, trailer, document.text, build(document.text, edits))
-        chunks.append(raw[position : document.leaf.body_start])
+        edited = part(raw, document.leaf, document.charset, trailer, document.text, build(document.text, edits))
+        chunks.append(raw[position : edited.start])
         # A part with no holes (only stripped attributes) is encoded once, here.
-        chunks.append(part if part.template.slots else part.render(None, ()))
+        chunks.append(edited if edited.template.slots else edited.render(None, ()))
         position = document.leaf.body_end
     has_pixel = options.open and any(document.scan is not None for document in documents)
     if not chunks:

@@ -25,6 +25,7 @@ class Leaf:
     transfer_encoding: str  # lowercased Content-Transfer-Encoding, "7bit" by default
     attachment: bool  # Content-Disposition: attachment
     opaque: bool  # inside or equal to something relay must not touch (signed, encrypted, message/*)
+    header_start: int  # the part's header block is raw[header_start:body_start]
     body_start: int
     body_end: int
     eol: bytes  # the line ending used in this body (for re-encoding)
@@ -73,6 +74,7 @@ def _walk_entity(
             transfer_encoding=cte,
             attachment=headers.get_content_disposition() == "attachment",
             opaque=opaque,
+            header_start=start,
             body_start=body_start,
             body_end=end,
             eol=eol,
@@ -186,7 +188,9 @@ def encode_body(text: str, charset: str, leaf: Leaf, trailer: bytes) -> bytes:
     if leaf.transfer_encoding == "base64":
         lines = base64.encodebytes(octets).rstrip(b"\n").split(b"\n")  # 76-char lines, RFC 2045 §6.8
         return eol.join(lines) + trailer
-    return octets  # 7bit/8bit/binary: relay only inserts ASCII, so 7bit stays 7bit
+    # 7bit/8bit/binary: relay only inserts ASCII, so 7bit stays 7bit. Lines that grow
+    # past MAX_LINE are the caller's to check (exceeds_line_limit).
+    return octets
 
 
 def encodes_by_line(text: str, charset: str, eol: bytes) -> bool:
@@ -202,6 +206,19 @@ def encodes_by_line(text: str, charset: str, eol: bytes) -> bool:
         return eol.join(line.encode(charset) for line in text.split(separator)) == whole
     except UnicodeError:
         return False
+
+
+# RFC 5322 §2.1.1 and RFC 5321 §4.5.3.1.6: a line is at most 998 octets plus CRLF.
+MAX_LINE = 998
+
+
+def exceeds_line_limit(data: bytes, eol: bytes) -> bool:
+    """Whether a line of `data` (split at the part's own line break) is over MAX_LINE.
+
+    Splitting at `eol` only errs on the safe side: a stray CR or LF inside a line
+    counts as one more octet of that line.
+    """
+    return len(data) > MAX_LINE and max(map(len, data.split(eol or b"\r\n"))) > MAX_LINE
 
 
 def trailing_whitespace(body: bytes) -> bytes:

@@ -36,13 +36,21 @@ class Template:
     slots: tuple[Slot, ...]
 
     def fill(self, open_url: str | None, click_urls: Sequence[str]) -> str:
+        return self.join(self.write(open_url, click_urls))
+
+    def write(self, open_url: str | None, click_urls: Sequence[str]) -> list[str]:
+        """What goes into each hole, in order: printable ASCII, or "" for no pixel."""
+        return [
+            _write(click_urls[slot.index], slot.style)
+            if slot.index is not None
+            else ("" if open_url is None else pixel(open_url))
+            for slot in self.slots
+        ]
+
+    def join(self, written: Sequence[str]) -> str:
         out = [self.pieces[0]]
-        for slot, piece in zip(self.slots, self.pieces[1:], strict=True):
-            if slot.index is None:
-                if open_url is not None:
-                    out.append(pixel(open_url))
-            else:
-                out.append(_write(click_urls[slot.index], slot.style))
+        for text, piece in zip(written, self.pieces[1:], strict=True):
+            out.append(text)
             out.append(piece)
         return "".join(out)
 
