@@ -123,7 +123,7 @@ def _peer_ip(session: Session) -> str:
 
 
 def _auth_user(session: Session) -> str | None:
-    login = getattr(session, "login_data", None)
+    login = getattr(session.auth_data, "login", None)  # login_data is deprecated in aiosmtpd
     return login.decode("utf-8", "replace") if isinstance(login, bytes) else login
 
 

@@ -1,13 +1,17 @@
 # The SQLite file: schema, and the single writer that group-commits.
 # Every write goes through Store.write(); concurrent callers are batched into one
 # transaction and one fsync (WAL, synchronous=FULL), then each caller is released.
+# The writer is a plain sqlite3 connection owned by one thread, so a whole batch
+# costs one thread hop (aiosqlite would cost one per statement); reads use aiosqlite.
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
 import secrets
-from typing import Any, Iterable, Sequence
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import aiosqlite
 
@@ -58,6 +62,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 Statement = tuple[str, Sequence[Any]]
+T = TypeVar("T")
 
 
 class Store:
@@ -67,19 +72,16 @@ class Store:
         self.path = path
         self._max_batch = max_batch
         self._queue: asyncio.Queue[tuple[list[Statement], asyncio.Future[None]]] = asyncio.Queue()
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
-        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._writer.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsync'd at every commit, so a 250 reply survives power loss.
-        await self._writer.execute("PRAGMA synchronous=FULL")
-        await self._writer.execute("PRAGMA busy_timeout=5000")
-        await self._writer.executescript(SCHEMA)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-store-writer")
+        self._writer = await self._in_writer(self._connect)
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.execute("PRAGMA busy_timeout=5000")
         self._task = asyncio.create_task(self._run(), name="store-writer")
@@ -91,10 +93,15 @@ class Store:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+        if self._writer is not None:
+            await self._in_writer(self._writer.close)
+            self._writer = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
     async def write(self, statements: Iterable[Statement]) -> None:
         """Run the statements atomically; return once they are durably committed."""
@@ -127,6 +134,18 @@ class Store:
         assert row is not None
         return str(row[0])
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsync'd at every commit, so a 250 reply survives power loss.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(SCHEMA)
+        return db
+
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
@@ -134,18 +153,9 @@ class Store:
                 batch.append(self._queue.get_nowait())
             try:
                 try:
-                    await self._commit([s for stmts, _ in batch for s in stmts])
-                    results: list[BaseException | None] = [None] * len(batch)
-                except Exception:  # noqa: BLE001
-                    # One caller's bad statement must not fail the others that shared
-                    # the commit: replay each caller alone and tell each its own result.
-                    results = []
-                    for stmts, _ in batch:
-                        try:
-                            await self._commit(stmts)
-                            results.append(None)
-                        except Exception as e:  # noqa: BLE001 - reported to that caller
-                            results.append(e)
+                    results = await self._in_writer(self._commit_batch, [stmts for stmts, _ in batch])
+                except Exception as e:  # noqa: BLE001 - e.g. the disk is gone: everyone hears
+                    results = [e] * len(batch)
                 for (_, fut), err in zip(batch, results, strict=True):
                     if not fut.done():
                         if err is None:
@@ -156,17 +166,35 @@ class Store:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _commit(self, statements: list[Statement]) -> None:
+    def _commit_batch(self, batches: list[list[Statement]]) -> list[BaseException | None]:
+        """In the writer thread: one transaction for all; on error, each caller alone."""
+        try:
+            self._commit([s for stmts in batches for s in stmts])
+            return [None] * len(batches)
+        except sqlite3.Error:
+            pass
+        # One caller's bad statement must not fail the others that shared the commit:
+        # replay each caller alone and tell each its own result.
+        results: list[BaseException | None] = []
+        for stmts in batches:
+            try:
+                self._commit(stmts)
+                results.append(None)
+            except sqlite3.Error as e:
+                results.append(e)
+        return results
+
+    def _commit(self, statements: list[Statement]) -> None:
         assert self._writer is not None
         db = self._writer
-        await db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
             for sql, params in statements:
-                await db.execute(sql, params)
-            await db.execute("COMMIT")
+                db.execute(sql, params)
+            db.execute("COMMIT")
         except BaseException:
-            with contextlib.suppress(Exception):
-                await db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
             raise
 
 
