@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.policy import default as _default_policy
-from email.utils import getaddresses
+from email.utils import formataddr, getaddresses
 from typing import Any
 
 Record = dict[str, Any]
@@ -277,6 +277,12 @@ def _from_domain(headers: Sequence[tuple[str, str]]) -> str | None:
 
 def _addresses(field: str, value: str) -> list[tuple[str, str]]:
     """(display form, addr-spec) per address; falls back to the decoded text if unparsable."""
+    if value.isascii() and "=?" not in value:
+        # Fast path for the common case (no RFC 2047 words): getaddresses is ~10x
+        # cheaper than the header registry and gives the same addresses here.
+        pairs = getaddresses([value])
+        if pairs and all("@" in a for _, a in pairs):
+            return [(formataddr((n, a)) if n else a, a) for n, a in pairs]
     try:
         header = _default_policy.header_factory(field, value)
         found: list[Address] = list(getattr(header, "addresses", ()))
@@ -291,6 +297,8 @@ def _addresses(field: str, value: str) -> list[tuple[str, str]]:
 
 
 def _unstructured(value: str) -> str:
+    if "=?" not in value:
+        return _clean(value)  # no encoded-words (RFC 2047): nothing to decode
     try:
         return _clean(str(_default_policy.header_factory("subject", value)))
     except Exception:  # noqa: BLE001 - never fail an accepted message over a header
