@@ -138,11 +138,17 @@ class Deliverer:
         base_url = cset.tracking_base_url or self._config.tracking.base_url
         replies: dict[str, Reply] = {}
         # One transaction per recipient, each with its own tokens (per-recipient attribution).
-        for rcpt in recipients:
+        for i, rcpt in enumerate(recipients):
             data = personalize(prepared, signer=self._signer, base_url=base_url,
                                https_policy=cset.https_policy, message_id=job.message_id,
                                recipient=rcpt, sent_at=job.accepted_at)
-            replies.update(await self._upstream.send(job.mail_from, [rcpt], data))
+            reply = (await self._upstream.send(job.mail_from, [rcpt], data))[rcpt]
+            replies[rcpt] = reply
+            if reply.code == 0:
+                # The upstream is unreachable: the others would only wait for the same
+                # timeout one by one. They are deferred with the same reason.
+                replies.update({r: reply for r in recipients[i + 1:]})
+                break
         return replies
 
     async def _record(self, job: Job, replies: dict[str, Reply]) -> None:
@@ -204,13 +210,13 @@ class Deliverer:
             self._bus.publish(job.configuration_set, record, rcpt)
         if notice is not None:
             self._schedule.add(notice)
+        # A waiting job keeps no body in memory (reloaded from the spool when due), so a
+        # long upstream outage costs disk, not RAM.
+        job.data = None
+        job.prepared = None
         if not finished:
             job.due = min(at for _, _, at, _ in deferred) if deferred else now
-            if len(job.attempts) > 0:
-                self._schedule.add(job)
-        else:
-            job.data = None
-            job.prepared = None
+            self._schedule.add(job)
 
     def _dsn_job(self, job: Job, failed: list[dsn_mod.FailedRecipient], now: float) -> Job | None:
         """An RFC 3464 bounce to the envelope sender; never to the null sender (RFC 5321 §4.5.5)."""

@@ -103,7 +103,9 @@ class SmtpUpstream:
                 await client.login(c.username, c.password)
         except aiosmtplib.SMTPResponseException as e:
             self._discard(client)
-            raise _StepFailed(Reply(e.code, f"upstream {step} failed: {e.message}", self._remote)) from None
+            # A refused greeting or AUTH is the relay's problem (credentials, limits), not
+            # the recipients': report it as "no reply" so messages wait instead of bouncing.
+            raise _StepFailed(Reply(0, f"upstream {step} failed: {e.code} {e.message}", self._remote)) from None
         return client
 
     async def _transaction(self, client: aiosmtplib.SMTP, mail_from: str,

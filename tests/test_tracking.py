@@ -291,3 +291,22 @@ async def test_set_tracking_domain_and_https_policy(tmp_path: Path) -> None:
     finally:
         await relay.stop()
         await up.stop()
+
+
+async def test_tracked_upstream_down_then_up(tmp_path: Path) -> None:
+    port = free_port()
+    config = TRACKED.replace('"send", "delivery", "open"', '"send", "delivery", "deliveryDelay", "open"')
+    relay = RelayProcess(tmp_path, config, upstream_url=f"smtp://127.0.0.1:{port}")
+    up = Upstream(port=port)
+    try:
+        await relay.start()
+        await submit(relay.smtp_port, HTML_MESSAGE, sender="news@example.com", rcpts=RCPTS)
+        delays = await wait_for(lambda: len(db_events(relay, "DeliveryDelay")) >= 3 and db_events(relay, "DeliveryDelay"))
+        assert {r for r, _ in delays[:3]} == set(RCPTS)
+        await up.start()
+        await wait_for(lambda: len(up.messages) == 3, 20)
+        assert sorted(m.rcpts[0] for m in up.messages) == RCPTS
+        assert len({urls_in(m.data)[0][0] for m in up.messages}) == 3  # still one copy each
+    finally:
+        await relay.stop()
+        await up.stop()
