@@ -310,3 +310,20 @@ async def test_tracked_upstream_down_then_up(tmp_path: Path) -> None:
     finally:
         await relay.stop()
         await up.stop()
+
+
+async def test_large_tracked_message(tmp_path: Path) -> None:
+    up = await Upstream().start()
+    relay = RelayProcess(tmp_path, TRACKED, upstream_url=f"smtp://127.0.0.1:{up.port}")
+    big = HTML_MESSAGE.replace("<p>Hi</p>", "<p>Hi</p>\r\n" + "<p>filler text for a long newsletter</p>\r\n" * 2000)
+    assert len(big) > 64 * 1024
+    try:
+        await relay.start()
+        await submit(relay.smtp_port, big, sender="news@example.com", rcpts=RCPTS[:2])
+        await wait_for(lambda: len(up.messages) == 2)
+        for m in up.messages:
+            pixels, links = urls_in(m.data)
+            assert len(pixels) == 1 and len(links) == 2
+    finally:
+        await relay.stop()
+        await up.stop()
