@@ -108,7 +108,11 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 async def serve(config: Config) -> None:
     app = App(config)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop()  # undo what did start (e.g. the tracking port was taken)
+        raise
     print(f"relay: SMTP listening on {config.smtp.listen}; tracking on {config.tracking.listen}; "
           f"upstream {config.upstream.safe_url}", flush=True)
     stop = asyncio.Event()

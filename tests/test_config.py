@@ -120,3 +120,18 @@ def test_serve_with_bad_config_exits_before_binding(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1 and "smtp.max_recipients" in r.stderr
+
+
+def test_serve_port_taken_one_line_nonzero(tmp_path: Path) -> None:
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conf = tmp_path / "relay.toml"
+        conf.write_text(f'[smtp]\nlisten = "127.0.0.1:{port}"\n[tracking]\nlisten = "127.0.0.1:0"\n'
+                        f'[storage]\npath = "{tmp_path / "r.db"}"\n')
+        r = subprocess.run([sys.executable, "-m", "relay.cli", "serve", "--config", str(conf)],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "relay: cannot start:" in r.stderr and str(port) in r.stderr
