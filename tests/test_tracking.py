@@ -327,3 +327,18 @@ async def test_large_tracked_message(tmp_path: Path) -> None:
     finally:
         await relay.stop()
         await up.stop()
+
+
+async def test_sigterm_flushes_every_recorded_hit(tracked) -> None:
+    relay, up, _ = tracked
+    pixels, links = urls_in(up.messages[0].data)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(50):
+            async with http.get(pixels[0]) as r:
+                assert r.status == 200
+            async with http.get(links[0], allow_redirects=False) as r:
+                assert r.status == 302
+    assert await relay.stop() == 0  # at once: whatever was answered must be on disk
+    assert len(db_events(relay, "Open")) == 50 and len(db_events(relay, "Click")) == 50
+    lines = (relay.tmp / "events.jsonl").read_text().splitlines()
+    assert len(lines) == 100
