@@ -19,7 +19,7 @@ EVENT_TYPES = (
     "renderingFailure", "deliveryDelay", "subscription",
 )
 DESTINATION_TYPES = ("sqlite", "file", "webhook")
-HTTPS_POLICIES = ("REQUIRE", "REQUIRE_OPEN_ONLY", "OPTIONAL")
+HTTPS_POLICIES = ("REQUIRE", "REQUIRE_OPEN_ONLY", "OPTIONAL")  # SES TrackingOptions.HttpsPolicy
 # SES quotas: configuration set and event destination names are <= 64 of A-Z a-z 0-9 - _.
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))

@@ -36,9 +36,6 @@ class Schedule:
         self._clock = clock
         self.closed = False
 
-    def __len__(self) -> int:
-        return len(self._heap)
-
     def add(self, job: Job) -> None:
         heapq.heappush(self._heap, (job.due, next(self._seq), job))
         self._changed.set()
@@ -75,7 +72,6 @@ class Deliverer:
             max_delivery_seconds=config.upstream.max_delivery_seconds,
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self.in_flight = 0
 
     def start(self, workers: int) -> None:
         for i in range(workers):
@@ -98,7 +94,6 @@ class Deliverer:
             job = await self._schedule.take()
             if job is None:
                 return
-            self.in_flight += 1
             try:
                 await self.attempt(job)
             except asyncio.CancelledError:
@@ -107,8 +102,6 @@ class Deliverer:
                 log.exception("delivery of %s failed unexpectedly; retrying later", job.message_id)
                 job.due = time.time() + self._policy.max_delay
                 self._schedule.add(job)
-            finally:
-                self.in_flight -= 1
 
     async def attempt(self, job: Job) -> None:
         if job.data is None:

@@ -17,17 +17,3 @@ class Rejected(RelayError):
     def __init__(self, reply: str) -> None:
         super().__init__(reply)
         self.reply = reply
-
-
-class UpstreamError(RelayError):
-    """A whole upstream transaction failed (connect, TLS, AUTH, MAIL FROM, DATA).
-
-    `code` is the SMTP reply code, or 0 when there was no reply (connection
-    refused, timeout, TLS failure); `step` names what failed for the logs.
-    """
-
-    def __init__(self, code: int, message: str, *, step: str) -> None:
-        super().__init__(f"{step}: {code} {message}" if code else f"{step}: {message}")
-        self.code = code
-        self.message = message
-        self.step = step

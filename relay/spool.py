@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -27,7 +27,6 @@ class Job:
     data: bytes | None = None  # loaded lazily after a restart
     prepared: Any = None  # the instrumentation of `data`, kept across retries
     rendering_reported: bool = False
-    seq: int = field(default=0, compare=False)
 
 
 def mail_to_json(info: MailInfo) -> str:

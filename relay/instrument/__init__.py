@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..config import HTTPS_POLICIES  # SES TrackingOptions.HttpsPolicy
 from ..tokens import ClickClaim, OpenClaim, Signer
 from . import html, text
 from .links import CONTROL_ATTRIBUTES, LinkPolicy, decide
@@ -16,7 +17,6 @@ from .template import PIXEL_SLOT, Edit, Slot, build, pixel
 
 __all__ = ["HTTPS_POLICIES", "Prepared", "TrackedLink", "TrackingOptions", "personalize", "prepare"]
 
-HTTPS_POLICIES = ("REQUIRE", "REQUIRE_OPEN_ONLY", "OPTIONAL")  # SES TrackingOptions.HttpsPolicy
 
 
 @dataclass(frozen=True)
