@@ -98,6 +98,13 @@ class SmtpUpstream:
         step = "connect"
         try:
             await client.connect()
+            if client.last_ehlo_response is None:
+                # Learn the extensions (8BITMIME, SMTPUTF8) before the first transaction.
+                step = "EHLO"
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()  # RFC 5321 §4.1.4: an old server; no extensions
             if c.username and c.password:
                 step = "AUTH"
                 await client.login(c.username, c.password)

@@ -383,3 +383,22 @@ async def test_smtp_auth_users_and_caller_identity(upstream: Upstream, relay_fac
     for secret in ("s3cret-pass", base64.b64encode(b"\0app\0s3cret-pass").decode(),
                    base64.b64encode(b"s3cret-pass").decode()):
         assert secret not in log
+
+
+async def test_smtputf8_addresses_relayed(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    data = EIGHT_BIT.replace("Subject: cafe", "Subject: caf\u00e9").encode("utf-8")
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.smtp_port, timeout=20) as s:
+        await s.sendmail("s\u00e9n@example.com", ["j\u00fcrgen@example.org"], data, mail_options=["SMTPUTF8"])
+    await wait_for(lambda: upstream.messages)
+    got = upstream.messages[0]
+    assert got.mail_from == "s\u00e9n@example.com" and got.rcpts == ["j\u00fcrgen@example.org"]
+    assert "Subject: caf\u00e9".encode() in got.data
+
+
+async def test_8bit_passes_unchanged_when_upstream_offers_8bitmime(upstream: Upstream, relay_factory) -> None:
+    relay = await relay_factory(upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    data = EIGHT_BIT.encode("utf-8")
+    await submit(relay.smtp_port, data)
+    await wait_for(lambda: upstream.messages)
+    assert upstream.messages[0].data.endswith(data.split(b"X-SES-CONFIGURATION-SET: plain\r\n")[1])
