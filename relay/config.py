@@ -71,6 +71,8 @@ class UpstreamConfig:
     max_delivery_seconds: float = 4 * 3600.0
     retry_first_delay: float = 5.0
     retry_max_delay: float = 300.0
+    tls_ca_file: str | None = None  # extra CA bundle for the upstream's certificate
+    tls_verify: bool = True  # false: accept any certificate (an internal MTA, say)
 
     @property
     def safe_url(self) -> str:
@@ -319,7 +321,10 @@ def _smtp(r: _Reader, t: dict[str, Any]) -> SmtpConfig:
 
 def _upstream(r: _Reader, t: dict[str, Any]) -> UpstreamConfig:
     r.no_unknown(t, "upstream", {"url", "connections", "timeout", "max_delivery_seconds",
-                                 "retry_first_delay", "retry_max_delay"})
+                                 "retry_first_delay", "retry_max_delay", "tls_ca_file", "tls_verify"})
+    ca_file = r.opt_string(t, "upstream.tls_ca_file")
+    if ca_file is not None and not Path(ca_file).is_file():
+        r.fail("upstream.tls_ca_file", "a readable PEM file", ca_file)
     d = UpstreamConfig()
     url = r.string(t, "upstream.url", d.url)
     common = dict(
@@ -329,6 +334,8 @@ def _upstream(r: _Reader, t: dict[str, Any]) -> UpstreamConfig:
         max_delivery_seconds=r.number(t, "upstream.max_delivery_seconds", d.max_delivery_seconds),
         retry_first_delay=r.number(t, "upstream.retry_first_delay", d.retry_first_delay),
         retry_max_delay=r.number(t, "upstream.retry_max_delay", d.retry_max_delay),
+        tls_ca_file=ca_file,
+        tls_verify=r.boolean(t, "upstream.tls_verify", True),
     )
     expected = "smtp://host:port, smtp+starttls://user:pass@host:port, smtps://user:pass@host:port or maildir:PATH"
     if url.startswith("maildir:"):

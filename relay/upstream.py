@@ -48,6 +48,12 @@ class SmtpUpstream:
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(config.connections)
         self._remote = f"{config.host}"
+        self._tls: ssl.SSLContext | None = None
+        if config.scheme in ("smtps", "smtp+starttls"):
+            self._tls = ssl.create_default_context(cafile=config.tls_ca_file)
+            if not config.tls_verify:
+                self._tls.check_hostname = False
+                self._tls.verify_mode = ssl.CERT_NONE
 
     async def send(self, mail_from: str, recipients: Sequence[str], data: bytes) -> dict[str, Reply]:
         async with self._slots:
@@ -94,6 +100,7 @@ class SmtpUpstream:
         client = aiosmtplib.SMTP(
             hostname=c.host, port=c.port, timeout=c.timeout, local_hostname=self._local_hostname,
             use_tls=c.scheme == "smtps", start_tls=c.scheme == "smtp+starttls",
+            tls_context=self._tls,
         )
         step = "connect"
         try:

@@ -135,3 +135,10 @@ def test_serve_port_taken_one_line_nonzero(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "relay: cannot start:" in r.stderr and str(port) in r.stderr
+
+
+def test_upstream_tls_options() -> None:
+    u = cfg.parse({"upstream": {"url": "smtps://u:p@127.0.0.1", "tls_verify": False}}).upstream
+    assert u.tls_verify is False and u.tls_ca_file is None
+    with pytest.raises(ConfigError, match=r"upstream\.tls_ca_file"):
+        cfg.parse({"upstream": {"tls_ca_file": "/nonexistent/ca.pem"}})

@@ -1,0 +1,106 @@
+# Upstream over TLS with AUTH: STARTTLS (587-style) and implicit TLS (465-style)
+# against a real aiosmtpd server with a certificate from a test CA (trustme).
+from __future__ import annotations
+
+import asyncio
+import ssl
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.smtp import SMTP, AuthResult
+
+from tests.support import Capture, RelayProcess, Upstream, wait_for
+from tests.test_serve import MESSAGE, PLAIN_SET, events, submit
+
+
+def check_login(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+    return AuthResult(success=(auth_data.login, auth_data.password) == (b"relay", b"p@ss:word"), handled=False)
+
+
+class TlsUpstream(Upstream):
+    def __init__(self, ctx: ssl.SSLContext, *, implicit: bool) -> None:
+        super().__init__(Capture())
+        self.ctx, self.implicit = ctx, implicit
+        self.tls_sessions = 0
+
+    async def start(self) -> "TlsUpstream":
+        def factory() -> SMTP:
+            with warnings.catch_warnings():
+                # Implicit TLS is invisible to aiosmtpd, which warns about AUTH "without TLS".
+                warnings.simplefilter("ignore")
+                proto = SMTP(self.handler, hostname="upstream.test", auth_required=True,
+                             tls_context=None if self.implicit else self.ctx,
+                             require_starttls=not self.implicit, authenticator=check_login,
+                             auth_require_tls=not self.implicit)
+            self._protocols.append(proto)
+            return proto
+        self._server = await asyncio.get_running_loop().create_server(
+            factory, "127.0.0.1", self.port, ssl=self.ctx if self.implicit else None)
+        return self
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    return ctx
+
+
+@pytest.mark.parametrize("scheme, implicit", [("smtp+starttls", False), ("smtps", True)])
+async def test_tls_and_auth_upstream(tmp_path: Path, ca: trustme.CA, scheme: str, implicit: bool) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    up = await TlsUpstream(server_context(ca), implicit=implicit).start()
+    url = f"{scheme}://relay:p%40ss%3Aword@127.0.0.1:{up.port}"
+    relay = RelayProcess(tmp_path, PLAIN_SET, upstream_url=url)
+    relay.config_path.write_text(relay.config_path.read_text().replace(
+        "[upstream]\n", f'[upstream]\ntls_ca_file = "{ca_file}"\n'))
+    try:
+        await relay.start()
+        await submit(relay.smtp_port, MESSAGE)
+        await wait_for(lambda: up.messages)
+        assert up.messages[0].rcpts == ["bob@example.org"]
+        assert "p@ss:word" not in relay.output()
+    finally:
+        await relay.stop()
+        await up.stop()
+
+
+async def test_untrusted_certificate_defers_not_bounces(tmp_path: Path, ca: trustme.CA) -> None:
+    up = await TlsUpstream(server_context(ca), implicit=True).start()
+    relay = RelayProcess(tmp_path, PLAIN_SET, upstream_url=f"smtps://relay:p%40ss%3Aword@127.0.0.1:{up.port}")
+    try:
+        await relay.start()
+        await submit(relay.smtp_port, MESSAGE)
+        delay = await wait_for(lambda: events(relay, "DeliveryDelay"))
+        assert "CERTIFICATE_VERIFY_FAILED" in delay[0]["deliveryDelay"]["delayedRecipients"][0]["diagnosticCode"]
+        assert up.messages == [] and events(relay, "Bounce") == []
+    finally:
+        await relay.stop()
+        await up.stop()
+
+
+async def test_wrong_password_defers_with_reason(tmp_path: Path, ca: trustme.CA) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    up = await TlsUpstream(server_context(ca), implicit=False).start()
+    relay = RelayProcess(tmp_path, PLAIN_SET, upstream_url=f"smtp+starttls://relay:Wr0ngPa55@127.0.0.1:{up.port}")
+    relay.config_path.write_text(relay.config_path.read_text().replace(
+        "[upstream]\n", f'[upstream]\ntls_ca_file = "{ca_file}"\n'))
+    try:
+        await relay.start()
+        await submit(relay.smtp_port, MESSAGE)
+        delay = await wait_for(lambda: events(relay, "DeliveryDelay"))
+        diagnostic = delay[0]["deliveryDelay"]["delayedRecipients"][0]["diagnosticCode"]
+        assert "AUTH failed" in diagnostic and "535" in diagnostic
+        assert events(relay, "Bounce") == [] and "Wr0ngPa55" not in relay.output()
+    finally:
+        await relay.stop()
+        await up.stop()
