@@ -1,5 +1,5 @@
-# Upstream over TLS with AUTH: STARTTLS (587-style) and implicit TLS (465-style)
-# against a real aiosmtpd server with a certificate from a test CA (trustme).
+# TLS on both sides: upstream STARTTLS (587-style) and implicit TLS (465-style) with AUTH
+# against a real aiosmtpd server, and STARTTLS + AUTH on intake; certificates from trustme.
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult
@@ -101,6 +102,39 @@ async def test_wrong_password_defers_with_reason(tmp_path: Path, ca: trustme.CA)
         diagnostic = delay[0]["deliveryDelay"]["delayedRecipients"][0]["diagnosticCode"]
         assert "AUTH failed" in diagnostic and "535" in diagnostic
         assert events(relay, "Bounce") == [] and "Wr0ngPa55" not in relay.output()
+    finally:
+        await relay.stop()
+        await up.stop()
+
+
+async def test_intake_starttls_then_auth(tmp_path: Path, ca: trustme.CA) -> None:
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    up = await Upstream().start()
+    relay = RelayProcess(tmp_path, PLAIN_SET, upstream_url=f"smtp://127.0.0.1:{up.port}")
+    relay.config_path.write_text(relay.config_path.read_text().replace(
+        'hostname = "relay.test"\n',
+        f'hostname = "relay.test"\ntls_cert = "{cert_file}"\ntls_key = "{key_file}"\n'
+        'auth_required = true\n[smtp.users]\napp = "s3cret-pass"\n'))
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    try:
+        await relay.start()
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.smtp_port, timeout=10,
+                                   start_tls=False) as s:
+            await s.ehlo()
+            assert s.supports_extension("starttls")
+            assert not s.supports_extension("auth")  # no AUTH in clear when TLS is configured
+            await s.starttls(tls_context=client_ctx)
+            await s.ehlo()
+            assert s.supports_extension("auth")
+            await s.login("app", "s3cret-pass")
+            await s.sendmail("ana@example.com", ["bob@example.org"], MESSAGE.encode())
+        await wait_for(lambda: up.messages)
+        send = events(relay, "Send")[0]
+        assert send["mail"]["tags"]["ses:caller-identity"] == ["app"]
     finally:
         await relay.stop()
         await up.stop()
