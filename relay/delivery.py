@@ -225,11 +225,15 @@ class Deliverer:
         header_block, _ = split_header_block(job.data)
         mid = new_message_id(now)
         hostname = self._config.smtp.hostname
-        data = dsn_mod.build_dsn(
-            reporting_mta=hostname, envid=job.message_id, original_sender=job.mail_from,
-            original_headers=header_block, failed=failed,
-            arrival_date=datetime.fromtimestamp(job.accepted_at, timezone.utc),
-            now=datetime.fromtimestamp(now, timezone.utc), message_id=f"{mid}@{hostname}")
+        try:
+            data = dsn_mod.build_dsn(
+                reporting_mta=hostname, envid=job.message_id, original_sender=job.mail_from,
+                original_headers=header_block, failed=failed,
+                arrival_date=datetime.fromtimestamp(job.accepted_at, timezone.utc),
+                now=datetime.fromtimestamp(now, timezone.utc), message_id=f"{mid}@{hostname}")
+        except ValueError as e:  # e.g. a sender no DSN can be addressed to: the Bounce event stays
+            log.warning("no DSN for %s: %s", job.message_id, e)
+            return None
         info = records.MailInfo(
             message_id=mid, timestamp=datetime.fromtimestamp(now, timezone.utc), source="",
             destination=(job.mail_from,), headers=(), headers_truncated=False,
