@@ -419,3 +419,13 @@ def summarize_collapsed(path: Path, top: int = 14) -> str:
     out += [f"    {100 * c / main_total:5.1f}%  {short(f)}"
             for f, c in sorted(incl.items(), key=lambda x: -x[1])[:top + 10]]
     return "\n".join(out)
+
+
+def grid(columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A plain-text table: first column left-aligned, the rest right-aligned."""
+    widths = [max(len(str(x[i])) for x in rows + [columns]) for i in range(len(columns))]
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                         for i, (v, w) in enumerate(zip(row, widths, strict=True)))
+    return [fmt(columns)] + [fmt(r) for r in rows]

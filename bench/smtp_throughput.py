@@ -41,6 +41,7 @@ from _common import (  # noqa: E402
     cpu_calibration,
     free_port,
     fs_of,
+    grid,
     ms,
     percentile,
     rate,
@@ -187,13 +188,6 @@ def _row(name: str, m: dict[str, float]) -> list[str]:
             pct(m["srv_pct"]), pct(m["bench_pct"])]
 
 
-def _grid(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(x[i])) for x in rows + [COLUMNS]) for i in range(len(COLUMNS))]
-    fmt = lambda row: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)  # noqa: E731
-                                for i, (v, w) in enumerate(zip(row, widths, strict=True)))
-    return [fmt(COLUMNS)] + [fmt(r) for r in rows]
-
-
 def _ratios(name: str, m: dict[str, float], b: dict[str, float]) -> str:
     return (f"{name} / baseline: accept {m['accept'] / b['accept']:.2f}x, delivered {m['deliver'] / b['deliver']:.2f}x, "
             f"submit p50 {m['p50'] / b['p50']:.2f}x, server CPU per message {m['cpu_msg'] / b['cpu_msg']:.2f}x")
@@ -201,7 +195,7 @@ def _ratios(name: str, m: dict[str, float], b: dict[str, float]) -> str:
 
 def table(results: list[Result], rounds: int) -> str:
     label = lambda r: f"{r.name} #{r.round}" if rounds > 1 else r.name  # noqa: E731
-    out = _grid([_row(label(r), metrics(r)) for r in results])
+    out = grid(COLUMNS, [_row(label(r), metrics(r)) for r in results])
     out.append("")
     for r in results:  # each relay run against the baseline of its own round
         base = next((b for b in results if b.scenario == "baseline" and b.round == r.round), None)
@@ -211,7 +205,7 @@ def table(results: list[Result], rounds: int) -> str:
         names = list(dict.fromkeys(r.name for r in results))
         med = {n: {k: statistics.median(metrics(r)[k] for r in results if r.name == n)
                    for k in metrics(results[0])} for n in names}
-        out += ["", f"median of {rounds} rounds:"] + _grid([_row(n, med[n]) for n in names])
+        out += ["", f"median of {rounds} rounds:"] + grid(COLUMNS, [_row(n, med[n]) for n in names])
         if "baseline forwarder" in med:
             out += [_ratios(n, med[n], med["baseline forwarder"]) for n in names if n != "baseline forwarder"]
     for r in results:

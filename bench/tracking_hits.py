@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
     cpu_calibration,
     free_port,
     fs_of,
+    grid,
     ms,
     percentile,
     rate,
@@ -217,13 +218,6 @@ def _row(name: str, m: dict[str, float], events: str) -> list[str]:
             "-" if events == "-" else f"{m['backlog']:.0f}", "-" if events == "-" else ms(m["flush"])]
 
 
-def _grid(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(x[i])) for x in rows + [COLUMNS]) for i in range(len(COLUMNS))]
-    fmt = lambda row: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)  # noqa: E731
-                                for i, (v, w) in enumerate(zip(row, widths, strict=True)))
-    return [fmt(COLUMNS)] + [fmt(r) for r in rows]
-
-
 def _ratio(name: str, m: dict[str, float], b: dict[str, float]) -> str:
     return (f"{name} / baseline: hits/s {m['rate'] / b['rate']:.2f}x, p50 {m['p50'] / b['p50']:.2f}x, "
             f"server CPU per hit {m['cpu_hit'] / b['cpu_hit']:.2f}x")
@@ -232,7 +226,7 @@ def _ratio(name: str, m: dict[str, float], b: dict[str, float]) -> str:
 def table(runs: list[Run], rounds: int) -> str:
     label = lambda r: f"{r.server} {r.kind}" + (f" #{r.round}" if rounds > 1 else "")  # noqa: E731
     events = lambda r: "-" if r.events is None else f"{r.events}/{r.ok}"  # noqa: E731
-    out = _grid([_row(label(r), metrics(r), events(r)) for r in runs])
+    out = grid(COLUMNS, [_row(label(r), metrics(r), events(r)) for r in runs])
     out.append("")
     for r in runs:
         b = next((x for x in runs if x.server == "baseline" and x.kind == r.kind and x.round == r.round), None)
@@ -246,7 +240,7 @@ def table(runs: list[Run], rounds: int) -> str:
               f"{sum(r.events or 0 for r in runs if (r.server, r.kind) == k)}/"
               f"{sum(r.ok for r in runs if (r.server, r.kind) == k)}" for k in keys}
         out += ["", f"median of {rounds} rounds (events: totals):"]
-        out += _grid([_row(f"{s} {k}", med[(s, k)], ev[(s, k)]) for s, k in keys])
+        out += grid(COLUMNS, [_row(f"{s} {k}", med[(s, k)], ev[(s, k)]) for s, k in keys])
         out += [_ratio(f"{s} {k}", med[(s, k)], med[("baseline", k)])
                 for s, k in keys if s != "baseline" and ("baseline", k) in med]
     for r in runs:
