@@ -18,10 +18,11 @@ from relay.events import records
 from relay.events.bus import EventBus
 from relay.instrument import TrackingOptions, personalize, prepare
 from relay.intake import new_message_id, split_header_block
-from relay.retry import Outcome, RetryPolicy, bounce_subtype, classify, delay_type, enhanced_status, next_attempt_at
+from relay.outcomes import Reply, judge
+from relay.retry import RetryPolicy
 from relay.spool import Job, Spool, put_statements, result_statements
 from relay.tokens import Signer
-from relay.upstream import Reply, Upstream
+from relay.upstream import Upstream
 
 log = logging.getLogger("relay.delivery")
 
@@ -152,60 +153,21 @@ class Deliverer:
 
     async def _record(self, job: Job, replies: dict[str, Reply]) -> None:
         now = time.time()
-        now_dt = datetime.fromtimestamp(now, timezone.utc)
-        hostname = self._config.smtp.hostname
-        delivered: list[tuple[str, str]] = []
-        bounced: list[tuple[str, str]] = []
-        deferred: list[tuple[str, int, float, str]] = []
-        failed: list[dsn_mod.FailedRecipient] = []
-        events: list[tuple[dict, str]] = []
-        for rcpt, reply in replies.items():
-            text = str(reply)
-            outcome = classify(reply.code)
-            if outcome is Outcome.DELIVERED:
-                delivered.append((rcpt, text))
-                events.append((records.delivery_event(
-                    job.mail, recipients=[rcpt], timestamp=now_dt, smtp_response=text,
-                    reporting_mta=hostname, remote_mta_ip=reply.remote or None), rcpt))
-                continue
-            attempts = job.attempts[rcpt] + 1
-            status = enhanced_status(reply.code, reply.message)
-            retry_at = None
-            if outcome is Outcome.TRANSIENT:
-                retry_at = next_attempt_at(self._policy, accepted_at=job.accepted_at, now=now, attempts=attempts)
-            if retry_at is not None:
-                job.attempts[rcpt] = attempts
-                deferred.append((rcpt, attempts, retry_at, text))
-                expires = datetime.fromtimestamp(job.accepted_at + self._policy.max_delivery_seconds, timezone.utc)
-                events.append((records.delivery_delay_event(
-                    job.mail, recipients=[records.DelayedRecipient(
-                        email_address=rcpt, status=status, diagnostic_code=f"smtp; {text}")],
-                    delay_type=delay_type(reply.code, reply.message), expiration_time=expires,
-                    timestamp=now_dt, reporting_mta=hostname), rcpt))
-                continue
-            if outcome is Outcome.TRANSIENT:  # retried until max_delivery_seconds: give up
-                status, bounce_type, sub = "5.4.7", "Transient", "General"  # RFC 3463: delivery time expired
-                text = f"{text} (gave up after {attempts} attempts: delivery time expired)"
-            else:
-                bounce_type, sub = "Permanent", bounce_subtype(reply.code, reply.message)
-            bounced.append((rcpt, text))
-            failed.append(dsn_mod.FailedRecipient(recipient=rcpt, status=status, diagnostic=text,
-                                                  remote_mta=reply.remote or None))
-            events.append((records.bounce_event(
-                job.mail, recipients=[records.BouncedRecipient(
-                    email_address=rcpt, status=status, diagnostic_code=f"smtp; {text}")],
-                bounce_type=bounce_type, bounce_sub_type=sub, timestamp=now_dt,
-                feedback_id=new_message_id(now), reporting_mta=hostname), rcpt))
-        for rcpt, _ in delivered + bounced:
+        v = judge(mail=job.mail, attempts=job.attempts, replies=replies, accepted_at=job.accepted_at,
+                  now=now, policy=self._policy, reporting_mta=self._config.smtp.hostname,
+                  feedback_id=new_message_id(now))
+        for rcpt, tries, _, _ in v.deferred:
+            job.attempts[rcpt] = tries
+        for rcpt, _ in v.delivered + v.bounced:
             job.attempts.pop(rcpt, None)
         finished = not job.attempts
-        stmts = result_statements(job.message_id, delivered=delivered, bounced=bounced,
-                                  deferred=deferred, finished=finished)
-        notice = self._dsn_job(job, failed, now) if failed else None
+        stmts = result_statements(job.message_id, delivered=v.delivered, bounced=v.bounced,
+                                  deferred=v.deferred, finished=finished)
+        notice = self._dsn_job(job, v.failed, now) if v.failed else None
         if notice is not None:
             stmts += put_statements(notice)  # the DSN is spooled in the same commit
         await self._spool.write(stmts)
-        for record, rcpt in events:
+        for record, rcpt in v.events:
             self._bus.publish(job.configuration_set, record, rcpt)
         if notice is not None:
             self._schedule.add(notice)
@@ -214,7 +176,7 @@ class Deliverer:
         job.data = None
         job.prepared = None
         if not finished:
-            job.due = min(at for _, _, at, _ in deferred) if deferred else now
+            job.due = min(at for _, _, at, _ in v.deferred) if v.deferred else now
             self._schedule.add(job)
 
     def _dsn_job(self, job: Job, failed: list[dsn_mod.FailedRecipient], now: float) -> Job | None:

@@ -9,25 +9,15 @@ import logging
 import mailbox
 import os
 import ssl
-from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import aiosmtplib
 
 from relay.config import UpstreamConfig
 from relay.downgrade import DowngradeError, needs_8bitmime, needs_smtputf8, to_7bit
+from relay.outcomes import Reply
 
 log = logging.getLogger("relay.upstream")
-
-
-@dataclass(frozen=True)
-class Reply:
-    code: int  # SMTP reply code; 0 when there was no reply (connection failed, timeout)
-    message: str
-    remote: str = ""  # the host that answered, for Remote-MTA / reportingMTA
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.message}" if self.code else self.message
 
 
 class Upstream(Protocol):
