@@ -16,8 +16,9 @@ from relay import dsn as dsn_mod
 from relay.config import Config
 from relay.events import records
 from relay.events.bus import EventBus
+from relay.headers import split_header_block
 from relay.instrument import TrackingOptions, personalize, prepare
-from relay.intake import new_message_id, split_header_block
+from relay.intake import new_message_id
 from relay.outcomes import Reply, judge
 from relay.retry import RetryPolicy
 from relay.spool import Job, Spool, put_statements, result_statements

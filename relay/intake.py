@@ -13,6 +13,7 @@ from email.utils import format_datetime
 
 from relay.config import Config, ConfigurationSet
 from relay.errors import Rejected
+from relay.headers import header_fields, split_header_block
 
 # SES control headers that never reach the recipient (SES removes them before sending).
 SES_CONTROL_HEADERS = (
@@ -21,16 +22,6 @@ SES_CONTROL_HEADERS = (
 )
 # SES MessageTag rule: names and values are ASCII letters, digits, '_' and '-', <= 256 chars.
 TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
-# A header field line: name ':' (RFC 5322 §2.2); continuation lines start with WSP.
-_FIELD_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:")
-
-
-@dataclass(frozen=True, kw_only=True)
-class HeaderField:
-    name: str
-    value: str  # unfolded, as text (undecodable bytes replaced)
-    start: int  # byte span of the whole field, continuation lines included
-    end: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,38 +39,6 @@ def new_message_id(now: float | None = None) -> str:
     """SES-shaped id: 16 hex of epoch milliseconds (so ids sort by time), a UUID, -000000."""
     ms = int((time.time() if now is None else now) * 1000)
     return f"{ms:016x}-{uuid.UUID(bytes=os.urandom(16), version=4)}-000000"
-
-
-def split_header_block(data: bytes) -> tuple[bytes, int]:
-    """Return the header block (without the empty line) and where the body starts (RFC 5322 §2.1)."""
-    m = re.search(rb"(?:^|\n)(\r?\n)", data)
-    if m is None:
-        return data, len(data)
-    return data[: m.start(1)], m.end(1)
-
-
-def header_fields(block: bytes) -> list[HeaderField]:
-    """The header fields of a block, with byte spans; lines that are not fields are skipped."""
-    fields: list[HeaderField] = []
-    pos = 0
-    lines = block.splitlines(keepends=True)
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        start = pos
-        pos += len(line)
-        i += 1
-        m = _FIELD_RE.match(line)
-        if not m:
-            continue
-        raw = line[m.end():]
-        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
-            raw += lines[i]
-            pos += len(lines[i])
-            i += 1
-        value = re.sub(r"\r?\n(?=[ \t])", "", raw.decode("utf-8", "replace")).strip()
-        fields.append(HeaderField(name=m.group(1).decode("ascii"), value=value, start=start, end=pos))
-    return fields
 
 
 def parse_tags(value: str) -> dict[str, list[str]]:

@@ -13,6 +13,8 @@ from email.policy import default as _default_policy
 from email.utils import formataddr, getaddresses
 from typing import Any
 
+from relay.headers import header_fields, split_header_block
+
 Record = dict[str, Any]
 
 HEADERS_LIMIT = 10240  # SES: mail.headers stops at 10 KB, then headersTruncated is true
@@ -32,7 +34,6 @@ EVENT_TYPE_KEYS: dict[str, str] = {
 }
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 §3.6.8 ftext
 _ADDRESS_HEADERS = (("from", "from"), ("reply-to", "replyTo"), ("to", "to"), ("cc", "cc"), ("bcc", "bcc"))
 
 
@@ -227,23 +228,7 @@ def _parse_headers(block: bytes) -> list[tuple[str, str]]:
     Lines that are not fields (and their continuations) are skipped; reading stops at the
     first blank line, in case a whole message is passed.
     """
-    text = block.decode("utf-8", errors="replace")
-    headers: list[tuple[str, str]] = []
-    skipping = True  # a continuation line belongs to the field before it, if that was kept
-    for line in re.split(r"\r\n|\n", text):
-        if not line:
-            break
-        if line[0] in " \t":
-            if not skipping:
-                name, value = headers[-1]
-                headers[-1] = (name, value + line)
-            continue
-        name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")  # RFC 5322 §4.5.3 obsolete: white space before the colon
-        skipping = not (colon and _FIELD_NAME.fullmatch(name))
-        if not skipping:
-            headers.append((name, value))
-    return [(name, value.strip(" \t")) for name, value in headers]
+    return [(f.name, f.value) for f in header_fields(split_header_block(block)[0])]
 
 
 def _common_headers(headers: Sequence[tuple[str, str]]) -> dict[str, Any]:

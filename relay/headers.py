@@ -1,0 +1,50 @@
+# The header block of an RFC 5322 message, read over its raw bytes: where it ends,
+# and its fields with their byte spans (so callers can splice, not re-serialize).
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# A header field line: name ':' (RFC 5322 §2.2, and §4.5.3's obsolete white space
+# before the colon); continuation lines start with WSP.
+_FIELD_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeaderField:
+    name: str
+    value: str  # unfolded, as text (undecodable bytes replaced)
+    start: int  # byte span of the whole field, continuation lines included
+    end: int
+
+
+def split_header_block(data: bytes) -> tuple[bytes, int]:
+    """Return the header block (without the empty line) and where the body starts (RFC 5322 §2.1)."""
+    m = re.search(rb"(?:^|\n)(\r?\n)", data)
+    if m is None:
+        return data, len(data)
+    return data[: m.start(1)], m.end(1)
+
+
+def header_fields(block: bytes) -> list[HeaderField]:
+    """The header fields of a block, with byte spans; lines that are not fields are skipped."""
+    fields: list[HeaderField] = []
+    pos = 0
+    lines = block.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        start = pos
+        pos += len(line)
+        i += 1
+        m = _FIELD_RE.match(line)
+        if not m:
+            continue
+        raw = line[m.end():]
+        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
+            raw += lines[i]
+            pos += len(lines[i])
+            i += 1
+        value = re.sub(r"\r?\n(?=[ \t])", "", raw.decode("utf-8", "replace")).strip()
+        fields.append(HeaderField(name=m.group(1).decode("ascii"), value=value, start=start, end=pos))
+    return fields
