@@ -141,6 +141,17 @@ class Config:
     configuration_sets: Mapping[str, ConfigurationSet] = field(default_factory=dict)
 
 
+def in_networks(ip: str, networks: tuple[Any, ...]) -> bool:
+    """Whether an address (IPv4-mapped IPv6 counts as IPv4) lies in any of the networks."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return any(addr in n for n in networks)
+
+
 def default_config() -> Config:
     """The embedded default: loopback only, Maildir sink, one set tracking everything."""
     everything = EventDestination(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import ssl
 import time
@@ -17,7 +16,7 @@ from typing import Any, Mapping
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from relay import intake
-from relay.config import Config
+from relay.config import Config, in_networks
 from relay.delivery import Schedule
 from relay.errors import Rejected
 from relay.events import records
@@ -55,7 +54,7 @@ class IntakeHandler:
         if not self.accepting:
             return SHUTTING_DOWN
         peer = _peer_ip(session)
-        if not _allowed(peer, self._config.smtp.allowed_clients):
+        if not in_networks(peer, self._config.smtp.allowed_clients):
             return NOT_ALLOWED.format(ip=peer)
         if self._config.smtp.auth_required and not session.authenticated:
             return AUTH_REQUIRED
@@ -144,16 +143,6 @@ class Authenticator:
         if not ok:
             log.info("AUTH failed for user %r from %s", login.decode("utf-8", "replace"), _peer_ip(session))
         return AuthResult(success=ok, handled=False, auth_data=auth_data)
-
-
-def _allowed(ip: str, networks: tuple[Any, ...]) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return any(addr in n for n in networks)
 
 
 def _in_transaction(proto: SMTP) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.config import Config
+from relay.config import Config, in_networks
 from relay.events import records
 from relay.events.bus import EventBus
 from relay.spool import Spool
@@ -110,11 +110,11 @@ class TrackingServer:
     def client_ip(self, request: web.Request) -> str:
         """The peer, or X-Forwarded-For's nearest untrusted hop when the peer is a trusted proxy."""
         peer = request.remote or ""
-        if not self._proxies or not _in(peer, self._proxies):
+        if not self._proxies or not in_networks(peer, self._proxies):
             return peer
         hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
         for hop in reversed(hops):
-            if not _in(hop, self._proxies):
+            if not in_networks(hop, self._proxies):
                 return hop if _valid_ip(hop) else peer
         return hops[0] if hops and _valid_ip(hops[0]) else peer
 
@@ -155,11 +155,3 @@ def _valid_ip(s: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _in(ip: str, networks: tuple[Any, ...]) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(addr in n for n in networks)
