@@ -10,6 +10,7 @@ import signal
 import time
 
 from relay.config import Config
+from relay.config import warnings as config_warnings
 from relay.delivery import Deliverer, Schedule
 from relay.events.bus import Destination, EventBus
 from relay.events.file import FileDestination
@@ -85,6 +86,8 @@ class App:
         stack.push_async_callback(self.smtp.stop)
         log.info("relay: SMTP on %s, upstream %s, storage %s", config.smtp.listen,
                  config.upstream.safe_url, config.storage.path)
+        for warning in config_warnings(config):
+            log.warning("relay: %s", warning)
 
     async def stop(self) -> None:
         await self._stack.aclose()

@@ -152,6 +152,20 @@ def in_networks(ip: str, networks: tuple[Any, ...]) -> bool:
     return any(addr in n for n in networks)
 
 
+def warnings(config: Config) -> list[str]:
+    """Valid but probably unintended settings, one line each, for the start-up log."""
+    out = []
+    smtp = config.smtp
+    if not in_networks(smtp.listen.host, LOOPBACK):
+        if smtp.allowed_clients == LOOPBACK:
+            out.append(f"smtp.listen is {smtp.listen} but smtp.allowed_clients is loopback only: "
+                       "other hosts will be refused (550)")
+        if smtp.auth_enabled and smtp.tls_cert is None:
+            out.append("SMTP AUTH is offered without TLS on a non-loopback listener: "
+                       "passwords cross the network in clear (set smtp.tls_cert/tls_key)")
+    return out
+
+
 def default_config() -> Config:
     """The embedded default: loopback only, Maildir sink, one set tracking everything."""
     everything = EventDestination(
@@ -269,13 +283,13 @@ class _Reader:
         if v is None:
             return default
         if not isinstance(v, list):
-            self.fail(key, 'a list of addresses or networks like "10.0.0.0/8"', v)
+            self.fail(key, 'a list of addresses or networks like "127.0.0.0/8"', v)
         out = []
         for item in v:
             try:
                 out.append(ipaddress.ip_network(item, strict=False))
             except (ValueError, TypeError):
-                self.fail(key, 'a list of addresses or networks like "10.0.0.0/8"', item)
+                self.fail(key, 'a list of addresses or networks like "127.0.0.0/8"', item)
         return tuple(out)
 
     def base_url(self, t: Mapping[str, Any], key: str, default: str | None) -> str | None:

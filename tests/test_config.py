@@ -142,3 +142,12 @@ def test_upstream_tls_options() -> None:
     assert u.tls_verify is False and u.tls_ca_file is None
     with pytest.raises(ConfigError, match=r"upstream\.tls_ca_file"):
         cfg.parse({"upstream": {"tls_ca_file": "/nonexistent/ca.pem"}})
+
+
+def test_startup_warnings_for_likely_mistakes() -> None:
+    assert cfg.warnings(cfg.default_config()) == []
+    exposed = cfg.parse({"smtp": {"listen": "0.0.0.0:2525", "accept_any_auth": True}})
+    lines = cfg.warnings(exposed)
+    assert len(lines) == 2 and "allowed_clients" in lines[0] and "without TLS" in lines[1]
+    ok = cfg.parse({"smtp": {"listen": "0.0.0.0:2525", "allowed_clients": ["127.0.0.1"]}})
+    assert cfg.warnings(ok) == []
