@@ -11,6 +11,8 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from ..mime import delimiters, eol_of, parts, split_header
+
 
 class MimeError(ValueError):
     """The message structure or a part's encoding cannot be handled faithfully."""
@@ -36,13 +38,12 @@ class Leaf:
 _OPAQUE_MULTIPARTS = frozenset({"multipart/signed", "multipart/encrypted"})
 _OPAQUE_LEAVES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
 _MAX_DEPTH = 40
-_HEADER_END_RE = re.compile(rb"\n\r?\n")
 
 
 def walk(raw: bytes) -> list[Leaf]:
     """Every leaf of the message in document order; opaque subtrees are one leaf."""
     leaves: list[Leaf] = []
-    _walk_entity(raw, 0, len(raw), out=leaves, default_type="text/plain", eol=_eol_of(raw, 0, len(raw)), depth=0)
+    _walk_entity(raw, 0, len(raw), out=leaves, default_type="text/plain", eol=eol_of(raw, 0, len(raw)), depth=0)
     return leaves
 
 
@@ -54,7 +55,7 @@ def _walk_entity(
     headers, body_start = _split_headers(raw, start, end)
     headers.set_default_type(default_type)
     content_type = headers.get_content_type()
-    eol = _eol_of(raw, body_start, end) or eol
+    eol = eol_of(raw, body_start, end) or eol
     if content_type.startswith("multipart/") and content_type not in _OPAQUE_MULTIPARTS:
         boundary = headers.get_boundary()
         if not boundary:
@@ -84,12 +85,9 @@ def _walk_entity(
 
 def _split_headers(raw: bytes, start: int, end: int) -> tuple[Message, int]:
     """Parse the header block of the entity raw[start:end]; return it and where the body starts."""
-    if raw.startswith(b"\n", start, end) or raw.startswith(b"\r\n", start, end):
-        # No headers at all (allowed for a body part, RFC 2046 §5.1.1): all defaults.
-        body_start = start + (1 if raw.startswith(b"\n", start, end) else 2)
-        return Message(), min(body_start, end)
-    match = _HEADER_END_RE.search(raw, start, end)
-    header_end, body_start = (match.start() + 1, match.end()) if match else (end, end)
+    header_end, body_start = split_header(raw, start, end)
+    if header_end == start < body_start:
+        return Message(), body_start  # no headers at all (RFC 2046 §5.1.1): all defaults
     parser = BytesHeaderParser(policy=compat32)
     return parser.parsebytes(raw[start:header_end]), body_start
 
@@ -100,47 +98,14 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: str) -> list[tu
         token = boundary.encode("ascii")
     except UnicodeEncodeError:
         raise MimeError("non-ASCII multipart boundary") from None
-    # A delimiter line is "--boundary" (+ "--" for the last), optional transport padding;
-    # the line break before it belongs to the delimiter, not to the preceding part.
-    needle = b"--" + token
-    parts: list[tuple[int, int]] = []
-    part_start: int | None = None
-    position = start
-    while (found := raw.find(needle, position, end)) >= 0:
-        position = found + 1
-        if found != start and raw[found - 1] != 0x0A:
-            continue  # not at the start of a line
-        tail = _DELIMITER_TAIL_RE.match(raw, found + len(needle), end)
-        if tail is None:
-            continue  # "--boundaryX": a longer line, not a delimiter
-        if part_start is not None:
-            parts.append((part_start, max(part_start, _before_eol(raw, found))))
-        if tail[1]:  # close delimiter: the rest is the epilogue
-            if part_start is None:
-                raise MimeError("multipart closes before its first part")
-            return parts
-        part_start = position = tail.end()
-    if part_start is None:
+    marks = delimiters(raw, start, end, token)
+    if not marks:
         raise MimeError("multipart boundary not found")
-    raise MimeError("missing closing multipart boundary")
-
-
-_DELIMITER_TAIL_RE = re.compile(rb"(--)?[ \t]*(?:\r?\n|\Z)")
-
-
-def _before_eol(raw: bytes, pos: int) -> int:
-    if raw[pos - 2 : pos] == b"\r\n":
-        return pos - 2
-    if raw[pos - 1 : pos] == b"\n":
-        return pos - 1
-    return pos
-
-
-def _eol_of(raw: bytes, start: int, end: int) -> bytes:
-    newline = raw.find(b"\n", start, end)
-    if newline < 0:
-        return b""
-    return b"\r\n" if newline > start and raw[newline - 1] == 0x0D else b"\n"
+    if marks[0].close:
+        raise MimeError("multipart closes before its first part")
+    if not marks[-1].close:
+        raise MimeError("missing closing multipart boundary")
+    return parts(raw, marks)
 
 
 # --- bodies: transfer encoding + charset -----------------------------------------
