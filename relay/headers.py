@@ -1,5 +1,8 @@
-# The header block of an RFC 5322 message, read over its raw bytes: where it ends,
-# and its fields with their byte spans (so callers can splice, not re-serialize).
+# The top-level header block of a submitted message, read tolerantly over its raw
+# bytes: where it ends, and its fields with byte spans (so callers splice, not
+# re-serialize). Unlike relay.mime.read_header, which stops at the first malformed
+# line because MIME edits must be exact, this skips junk lines and reads on: intake
+# must still find X-SES-* headers and events must still list what was submitted.
 from __future__ import annotations
 
 import re
