@@ -137,20 +137,24 @@ class Deliverer:
                     job.mail, error_message=prepared.failure))
             return await self._upstream.send(job.mail_from, recipients, job.data)
         base_url = cset.tracking_base_url or self._config.tracking.base_url
-        replies: dict[str, Reply] = {}
         # One transaction per recipient, each with its own tokens (per-recipient attribution).
-        for i, rcpt in enumerate(recipients):
-            data = personalize(prepared, signer=self._signer, base_url=base_url,
-                               https_policy=cset.https_policy, message_id=job.message_id,
-                               recipient=rcpt, sent_at=job.accepted_at)
-            reply = (await self._upstream.send(job.mail_from, [rcpt], data))[rcpt]
-            replies[rcpt] = reply
-            if reply.code == 0:
-                # The upstream is unreachable: the others would only wait for the same
-                # timeout one by one. They are deferred with the same reason.
-                replies.update({r: reply for r in recipients[i + 1:]})
-                break
-        return replies
+        slots = asyncio.Semaphore(self._config.upstream.connections)
+
+        async def send_one(rcpt: str) -> Reply:
+            async with slots:  # a copy is built only when it can soon be sent
+                data = personalize(prepared, signer=self._signer, base_url=base_url,
+                                   https_policy=cset.https_policy, message_id=job.message_id,
+                                   recipient=rcpt, sent_at=job.accepted_at)
+                return (await self._upstream.send(job.mail_from, [rcpt], data))[rcpt]
+
+        first = await send_one(recipients[0])
+        if first.code == 0:
+            # The upstream is unreachable: the others would only wait for the same
+            # timeout. They are deferred with the same reason.
+            return {r: first for r in recipients}
+        # The rest in parallel, over the pooled connections.
+        rest = await asyncio.gather(*(send_one(r) for r in recipients[1:]))
+        return dict(zip(recipients, [first, *rest], strict=True))
 
     async def _record(self, job: Job, replies: dict[str, Reply]) -> None:
         now = time.time()

@@ -97,6 +97,7 @@ async def test_three_recipients_three_copies(tracked) -> None:
     relay, up, _ = tracked
     assert sorted(m.rcpts[0] for m in up.messages) == RCPTS
     assert all(len(m.rcpts) == 1 for m in up.messages)
+    assert up.handler.sessions >= 2  # copies went out in parallel over pooled connections
     seen: set[str] = set()
     for m in up.messages:
         pixels, links = urls_in(m.data)
