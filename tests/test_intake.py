@@ -4,6 +4,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay import config as cfg
 from relay.errors import Rejected
@@ -93,3 +95,37 @@ def test_message_ids_sort_by_time_and_are_unique() -> None:
     a, b = new_message_id(1000.0), new_message_id(2000.0)
     assert a < b and len(a) == len(b) == 60
     assert len({new_message_id(5.0) for _ in range(1000)}) == 1000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_are_accepted_or_refused_never_crash(data: bytes) -> None:
+    from relay.events.records import mail_info
+
+    try:
+        a = run(data)
+    except Rejected as e:
+        assert e.reply.startswith("554 Transaction failed:")
+        return
+    assert a.data.startswith(b"Received: ")
+    info = mail_info(message_id="m", timestamp=NOW, source="a@example.com", destination=["b@example.org"],
+                     header_block=a.header_block, configuration_set=None, message_tags=a.tags,
+                     source_ip="127.0.0.1", caller_identity=None)
+    assert info.message_id == "m"
+
+
+_NAMES = st.sampled_from(["X-SES-CONFIGURATION-SET", "X-SES-MESSAGE-TAGS", "x-ses-tenant", "From", "Subject", "To"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_NAMES, st.text(st.characters(blacklist_characters="\r\n"), max_size=40)), max_size=8),
+       st.sampled_from(["\r\n", "\n"]))
+def test_header_soup_is_accepted_or_refused_with_554(fields: list[tuple[str, str]], eol: str) -> None:
+    data = ("".join(f"{n}: {v}{eol}" for n, v in fields) + eol + "body" + eol).encode("utf-8")
+    try:
+        a = run(data)
+    except Rejected as e:
+        assert e.reply.startswith("554 Transaction failed:")
+        return
+    head = a.data.split(eol.encode() * 2, 1)[0].lower()
+    assert b"\nx-ses-" not in head  # every control header that was accepted is stripped
