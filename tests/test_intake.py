@@ -118,7 +118,7 @@ _NAMES = st.sampled_from(["X-SES-CONFIGURATION-SET", "X-SES-MESSAGE-TAGS", "x-se
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(_NAMES, st.text(st.characters(blacklist_characters="\r\n"), max_size=40)), max_size=8),
+@given(st.lists(st.tuples(_NAMES, st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=40)), max_size=8),
        st.sampled_from(["\r\n", "\n"]))
 def test_header_soup_is_accepted_or_refused_with_554(fields: list[tuple[str, str]], eol: str) -> None:
     data = ("".join(f"{n}: {v}{eol}" for n, v in fields) + eol + "body" + eol).encode("utf-8")
