@@ -188,11 +188,6 @@ class SmtpServer:
         self._server = await asyncio.get_running_loop().create_server(
             self._factory, host=listen.host, port=listen.port)
 
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting; let DATA in flight finish (and be spooled); close sessions."""
         if self._server is None:

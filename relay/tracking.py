@@ -60,13 +60,6 @@ class TrackingServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host=listen.host, port=listen.port)
         await site.start()
-        self._site = site
-
-    @property
-    def port(self) -> int:
-        server = self._site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        return int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -14,14 +14,6 @@ from relay.events.records import EVENT_TYPE_KEYS as EVENT_KEYS
 
 log = logging.getLogger("relay.events")
 
-# Where each event type keeps its own timestamp (Send has none: the mail's).
-_CHILD = {
-    "Send": "send", "Reject": "reject", "Bounce": "bounce", "Complaint": "complaint",
-    "Delivery": "delivery", "Open": "open", "Click": "click",
-    "Rendering Failure": "failure", "DeliveryDelay": "deliveryDelay",
-    "Subscription": "subscription",
-}
-
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
@@ -44,7 +36,9 @@ class Destination(Protocol):
 
 def make_event(configuration_set: str, record: Mapping[str, Any], recipient: str | None) -> Event:
     event_type = record["eventType"]
-    child = record.get(_CHILD.get(event_type, ""), {}) or {}
+    # The per-type object is the record's one key besides eventType and mail (SES §3.1);
+    # its timestamp, else the mail's (Send has none).
+    child = next((v for k, v in record.items() if k not in ("eventType", "mail")), None) or {}
     timestamp = child.get("timestamp") or record["mail"]["timestamp"]
     return Event(
         event_id=str(uuid.uuid4()), configuration_set=configuration_set,
@@ -58,10 +52,6 @@ class EventBus:
                  destinations: Mapping[tuple[str, str], Destination]) -> None:
         self._sets = sets
         self._destinations = destinations
-
-    def wants(self, configuration_set: str | None, event_type: str) -> bool:
-        cset = self._sets.get(configuration_set or "")
-        return cset is not None and cset.publishes(EVENT_KEYS[event_type])
 
     def publish(self, configuration_set: str | None, record: Mapping[str, Any],
                 recipient: str | None = None) -> None:
