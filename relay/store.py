@@ -76,6 +76,9 @@ class Store:
         self._thread: ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        # Why the last commit failed (e.g. a read-only or full disk), None once one succeeds:
+        # /healthz reports it, since every message gets 451 meanwhile.
+        self.last_error: str | None = None
 
     async def open(self) -> None:
         parent = os.path.dirname(os.path.abspath(self.path))
@@ -156,6 +159,12 @@ class Store:
                     results = await self._in_writer(self._commit_batch, [stmts for stmts, _ in batch])
                 except Exception as e:  # noqa: BLE001 - e.g. the disk is gone: everyone hears
                     results = [e] * len(batch)
+                # One caller's bad statement is its own problem; the store is unwell only
+                # when nothing could be committed.
+                if any(err is None for err in results):
+                    self.last_error = None
+                else:
+                    self.last_error = f"{type(results[0]).__name__}: {results[0]}"
                 for (_, fut), err in zip(batch, results, strict=True):
                     if not fut.done():
                         if err is None:
