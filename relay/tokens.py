@@ -152,3 +152,20 @@ def _is_tags(value: object) -> TypeGuard[dict[str, list[str]]]:
         isinstance(name, str) and isinstance(values, list) and all(isinstance(item, str) for item in values)
         for name, values in value.items()
     )
+
+
+# A tracked link must stay short enough for every HTTP hop on its way back to relay
+# (nginx's and aiohttp's default request-line buffers are 8 KB).
+MAX_LINK_PATH = 8000
+
+
+def click_link_fits(url: str, link_tags: dict[str, list[str]]) -> bool:
+    """Whether a click link for this URL (and tags) stays within MAX_LINK_PATH.
+
+    Decided once per message (it does not depend on the recipient); a link that does
+    not fit is left untracked rather than broken.
+    """
+    # Placeholder until the token format carries the URL beside the claim: a
+    # conservative bound on today's format (base64 of the raw claim).
+    tag_chars = sum(len(k) + sum(len(v) + 3 for v in vs) + 5 for k, vs in link_tags.items())
+    return (len(url.encode("utf-8", "surrogatepass")) + tag_chars + 200) * 4 // 3 + 30 <= MAX_LINK_PATH
