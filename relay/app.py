@@ -49,17 +49,19 @@ class App:
                 name = f"{cset.name}/{d.name}"
                 dest: Destination
                 if d.type == "sqlite":
-                    dest = SqliteDestination(name, self.store)
+                    dest = SqliteDestination(name)
                 elif d.type == "file":
                     assert d.path is not None
-                    dest = FileDestination(name, d.path)
+                    dest = FileDestination(name, d.path, self.store)
                 else:
                     assert d.url is not None
                     dest = WebhookDestination(name, d.url, d.secret, self.store)
                 await dest.start()
                 stack.push_async_callback(dest.close)
                 destinations[(cset.name, d.name)] = dest
-        self.bus = EventBus(config.configuration_sets, destinations)
+        self.bus = EventBus(config.configuration_sets, destinations, self.store)
+        await self.bus.start()
+        stack.push_async_callback(self.bus.close)  # before the destinations close: they publish its rows
 
         self.spool = Spool(self.store)
         self.schedule = Schedule()

@@ -68,6 +68,7 @@ class UpstreamConfig:
     maildir: str | None = "./outbox"
     connections: int = 4
     timeout: float = 60.0
+    data_timeout: float = 600.0  # for the reply to the final "." (RFC 5321 §4.5.3.2.6)
     max_delivery_seconds: float = 4 * 3600.0
     retry_first_delay: float = 5.0
     retry_max_delay: float = 300.0
@@ -345,7 +346,7 @@ def _smtp(r: _Reader, t: dict[str, Any]) -> SmtpConfig:
 
 
 def _upstream(r: _Reader, t: dict[str, Any]) -> UpstreamConfig:
-    r.no_unknown(t, "upstream", {"url", "connections", "timeout", "max_delivery_seconds",
+    r.no_unknown(t, "upstream", {"url", "connections", "timeout", "data_timeout", "max_delivery_seconds",
                                  "retry_first_delay", "retry_max_delay", "tls_ca_file", "tls_verify"})
     ca_file = r.opt_string(t, "upstream.tls_ca_file")
     if ca_file is not None and not Path(ca_file).is_file():
@@ -356,6 +357,7 @@ def _upstream(r: _Reader, t: dict[str, Any]) -> UpstreamConfig:
         url=url,
         connections=r.integer(t, "upstream.connections", d.connections),
         timeout=r.number(t, "upstream.timeout", d.timeout),
+        data_timeout=r.number(t, "upstream.data_timeout", d.data_timeout),
         max_delivery_seconds=r.number(t, "upstream.max_delivery_seconds", d.max_delivery_seconds),
         retry_first_delay=r.number(t, "upstream.retry_first_delay", d.retry_first_delay),
         retry_max_delay=r.number(t, "upstream.retry_max_delay", d.retry_max_delay),

@@ -10,7 +10,7 @@ import itertools
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 from relay import dsn as dsn_mod
 from relay.config import Config
@@ -101,19 +101,38 @@ class Deliverer:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a bug must not kill the worker or lose the job
+                # attempt() records every copy's outcome itself; reaching here means even
+                # that failed. Replies not yet recorded stay on the job (job.replies), so
+                # the retry records them instead of sending those copies again.
                 log.exception("delivery of %s failed unexpectedly; retrying later", job.message_id)
-                job.due = time.time() + self._policy.max_delay
+                job.due = time.time() + self._policy.first_delay
                 self._schedule.add(job)
 
     async def attempt(self, job: Job) -> None:
-        if job.data is None:
-            job.data = await self._spool.load_data(job.message_id)
+        if job.replies is None:
             if job.data is None:
-                log.error("message %s has pending recipients but no data; dropping them", job.message_id)
-                return
-        recipients = list(job.attempts)
-        replies = await self._send(job, recipients)
-        await self._record(job, replies)
+                job.data = await self._spool.load_data(job.message_id)
+                if job.data is None:
+                    log.error("message %s has pending recipients but no data; dropping them", job.message_id)
+                    return
+            recipients = list(job.attempts)
+            try:
+                job.replies = await self._send(job, recipients)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever broke, these copies were not sent
+                log.exception("delivery of %s: unexpected error before sending", job.message_id)
+                job.replies = {r: _internal_error(e) for r in recipients}
+        try:
+            await self._record(job, job.replies)
+        except Exception:
+            # Not recorded (say, the disk is full): keep the replies and record them on the
+            # next try, never send again the copies the upstream already accepted.
+            job.due = time.time() + self._policy.first_delay
+            self._schedule.add(job)
+            log.exception("outcome of %s not recorded; retrying", job.message_id)
+            return
+        job.replies = None
 
     async def _send(self, job: Job, recipients: list[str]) -> dict[str, Reply]:
         assert job.data is not None
@@ -132,9 +151,8 @@ class Deliverer:
         prepared = job.prepared
         if prepared.failure is not None:
             if not job.rendering_reported:
-                job.rendering_reported = True
-                self._bus.publish(job.configuration_set, records.rendering_failure_event(
-                    job.mail, error_message=prepared.failure))
+                job.pending_events.append((records.rendering_failure_event(
+                    job.mail, error_message=prepared.failure), None))
             return await self._upstream.send(job.mail_from, recipients, job.data)
         base_url = cset.tracking_base_url or self._config.tracking.base_url
         # One transaction per recipient, each with its own tokens (per-recipient attribution).
@@ -142,10 +160,16 @@ class Deliverer:
 
         async def send_one(rcpt: str) -> Reply:
             async with slots:  # a copy is built only when it can soon be sent
-                data = personalize(prepared, signer=self._signer, base_url=base_url,
-                                   https_policy=cset.https_policy, message_id=job.message_id,
-                                   recipient=rcpt, sent_at=job.accepted_at)
-                return (await self._upstream.send(job.mail_from, [rcpt], data))[rcpt]
+                try:
+                    data = personalize(prepared, signer=self._signer, base_url=base_url,
+                                       https_policy=cset.https_policy, message_id=job.message_id,
+                                       recipient=rcpt, sent_at=job.accepted_at)
+                    return (await self._upstream.send(job.mail_from, [rcpt], data))[rcpt]
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - one copy's failure is that copy's outcome
+                    log.exception("delivery of %s to one recipient failed unexpectedly", job.message_id)
+                    return _internal_error(e)
 
         first = await send_one(recipients[0])
         if first.code == 0:
@@ -157,23 +181,31 @@ class Deliverer:
         return dict(zip(recipients, [first, *rest], strict=True))
 
     async def _record(self, job: Job, replies: dict[str, Reply]) -> None:
+        """Commit each recipient's outcome with its events (and any DSN) in one transaction."""
         now = time.time()
         v = judge(mail=job.mail, attempts=job.attempts, replies=replies, accepted_at=job.accepted_at,
                   now=now, policy=self._policy, reporting_mta=self._config.smtp.hostname,
                   feedback_id=new_message_id(now))
+        attempts = dict(job.attempts)  # applied to the job only once committed
         for rcpt, tries, _, _ in v.deferred:
-            job.attempts[rcpt] = tries
+            attempts[rcpt] = tries
         for rcpt, _ in v.delivered + v.bounced:
-            job.attempts.pop(rcpt, None)
-        finished = not job.attempts
+            attempts.pop(rcpt, None)
+        finished = not attempts
         stmts = result_statements(job.message_id, delivered=v.delivered, bounced=v.bounced,
                                   deferred=v.deferred, finished=finished)
+        events: list[tuple[dict[str, Any], str | None]] = [*job.pending_events, *v.events]
+        for record, about in events:
+            stmts += self._bus.statements(job.configuration_set, record, about)
         notice = self._dsn_job(job, v.failed, now) if v.failed else None
         if notice is not None:
             stmts += put_statements(notice)  # the DSN is spooled in the same commit
         await self._spool.write(stmts)
-        for record, rcpt in v.events:
-            self._bus.publish(job.configuration_set, record, rcpt)
+        self._bus.committed()
+        if job.pending_events:
+            job.rendering_reported = True
+            job.pending_events = []
+        job.attempts = attempts
         if notice is not None:
             self._schedule.add(notice)
         # A waiting job keeps no body in memory (reloaded from the spool when due), so a
@@ -207,3 +239,8 @@ class Deliverer:
             common_headers={}, tags={})
         return Job(message_id=mid, accepted_at=now, configuration_set=None, mail_from="",
                    mail=info, tracked=False, attempts={job.mail_from: 0}, due=now, data=data)
+
+
+def _internal_error(e: BaseException) -> Reply:
+    """A copy that failed inside relay: deferred like a lost connection (then bounced in time)."""
+    return Reply(0, f"internal error while sending: {type(e).__name__}: {e}")

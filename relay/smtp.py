@@ -105,11 +105,12 @@ class IntakeHandler:
                   mail=mail, tracked=bool(cset and (cset.tracks_opens or cset.tracks_clicks)),
                   attempts={r: 0 for r in dict.fromkeys(rcpts)}, due=now, data=accepted.data)
         try:
-            await self._spool.put(job)
+            # The Send event is committed with the message: a crash cannot lose one.
+            await self._spool.put(job, self._bus.statements(job.configuration_set, records.send_event(mail)))
         except Exception:  # noqa: BLE001 - nothing is accepted that is not stored
             log.exception("could not spool a message from %s", peer)
             return TEMP_FAILURE
-        self._bus.publish(job.configuration_set, records.send_event(mail))
+        self._bus.committed()
         self._schedule.add(job)
         log.info("accepted %s from %s: <%s> -> %d recipient(s), configuration set %s",
                  job.message_id, peer, job.mail_from, len(rcpts), job.configuration_set or "-")

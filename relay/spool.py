@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -27,6 +27,10 @@ class Job:
     data: bytes | None = None  # loaded lazily after a restart
     prepared: Any = None  # the instrumentation of `data`, kept across retries
     rendering_reported: bool = False
+    # An attempt's upstream replies not yet recorded (the commit failed): recorded on
+    # the next try instead of sending those copies again.
+    replies: dict[str, Any] | None = None
+    pending_events: list[tuple[dict[str, Any], str | None]] = field(default_factory=list)
 
 
 def mail_to_json(info: MailInfo) -> str:

@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     next_attempt_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS webhook_order ON webhook_outbox(destination, seq);
+CREATE TABLE IF NOT EXISTS file_outbox (
+    seq INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,               -- configuration_set/destination name
+    body TEXT NOT NULL                       -- one JSON Lines line, without the newline
+);
+CREATE INDEX IF NOT EXISTS file_order ON file_outbox(destination, seq);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 

@@ -58,6 +58,19 @@ class SmtpUpstream:
                 self._discard(client)
                 reply = Reply(0, f"upstream {self._config.safe_url}: {type(e).__name__}: {e}", self._remote)
                 return {r: reply for r in recipients}
+            except asyncio.CancelledError:
+                self._discard(client)  # mid-transaction: the connection's state is unknown
+                raise
+            except Exception as e:  # noqa: BLE001 - e.g. aiosmtplib's ValueError for a control character
+                # Whatever went wrong, this attempt is over for these recipients: they are
+                # deferred (then bounced when max_delivery_seconds is up), and a connection
+                # left in an unknown state is closed, never reused or leaked.
+                self._discard(client)
+                log.warning("upstream %s: unexpected %s while sending; deferring %d recipient(s)",
+                            self._config.safe_url, type(e).__name__, len(recipients))
+                reply = Reply(0, f"upstream {self._config.safe_url}: internal error: {type(e).__name__}: {e}",
+                              self._remote)
+                return {r: reply for r in recipients}
             self._idle.append(client)
             return replies
 
@@ -105,8 +118,10 @@ class SmtpUpstream:
             if c.username and c.password:
                 step = "AUTH"
                 await client.login(c.username, c.password)
-        except aiosmtplib.SMTPResponseException as e:
-            self._discard(client)
+        except BaseException as e:
+            self._discard(client)  # half-open (say, EHLO timed out): close it, never leak it
+            if not isinstance(e, aiosmtplib.SMTPResponseException):
+                raise
             # A refused greeting or AUTH is the relay's problem (credentials, limits), not
             # the recipients': report it as "no reply" so messages wait instead of bouncing.
             raise _StepFailed(Reply(0, f"upstream {step} failed: {e.code} {e.message}", self._remote)) from None
@@ -148,7 +163,10 @@ class SmtpUpstream:
             await client.rset()
             return replies
         try:
-            r = await client.data(data)
+            # RFC 5321 §4.5.3.2.6: wait 10 minutes for the reply to the final ".", longer than
+            # for other commands: giving up early makes a slow server's accepted copy a retry,
+            # and the recipient gets it twice.
+            r = await client.data(data, timeout=self._config.data_timeout)
             done = Reply(r.code, r.message, self._remote)
         except aiosmtplib.SMTPResponseException as e:
             done = Reply(e.code, e.message, self._remote)

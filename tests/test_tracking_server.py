@@ -41,11 +41,12 @@ async def env_for(tmp_path: Path):
         store = Store(str(tmp_path / "relay.db"))
         await store.open()
         spool = Spool(store)
-        bus = EventBus(config.configuration_sets, {("news", "db"): SqliteDestination("news/db", store)})
+        bus = EventBus(config.configuration_sets, {("news", "db"): SqliteDestination("news/db")}, store)
+        await bus.start()
         server = TrackingServer(config=config, signer=SIGNER, spool=spool, bus=bus)
         client = TestClient(TestServer(server.app, host="127.0.0.1"))
         await client.start_server()
-        cleanups.extend([client.close, server.stop, store.close])
+        cleanups.extend([client.close, server.stop, bus.close, store.close])
         now = time.time()
         await spool.put(Job(message_id="m1", accepted_at=now, configuration_set="news",
                             mail_from="a@example.com", mail=mail("m1", now), tracked=True,

@@ -1,8 +1,10 @@
 # Fan-out of SES-format event records to the event destinations of their
-# configuration set. Publishing never blocks and never raises: each destination
-# queues what it is given, so a failing or slow one cannot hold up the others.
+# configuration set, through an outbox: each destination's rows are committed with
+# the state change they report, then each destination publishes from its own rows,
+# so a failing or slow one cannot hold up the others and a crash loses none.
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -11,6 +13,8 @@ from typing import Any, Mapping, Protocol
 
 from relay.config import ConfigurationSet
 from relay.events.records import EVENT_TYPE_KEYS as EVENT_KEYS
+from relay.limits import LogThrottle
+from relay.store import Statement, Store
 
 log = logging.getLogger("relay.events")
 
@@ -29,7 +33,14 @@ class Event:
 class Destination(Protocol):
     name: str  # "set/destination"
 
-    def put(self, event: Event) -> None: ...
+    def statements(self, event: Event) -> list[Statement]:
+        """The rows that hand `event` over, committed by the caller (an outbox)."""
+        ...
+
+    def wake(self) -> None:
+        """Rows of ours were committed: publish them."""
+        ...
+
     async def start(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -48,25 +59,93 @@ def make_event(configuration_set: str, record: Mapping[str, Any], recipient: str
 
 
 class EventBus:
+    """Turns SES records into outbox rows for the matching destinations of their set.
+
+    An event is written in the same transaction as the state change it reports
+    (statements() + committed()), so a crash never loses one; events that report no
+    state change (opens, clicks) go through publish(), which group-commits them and
+    retries until they are stored. Destinations publish from their rows afterwards.
+    """
+
     def __init__(self, sets: Mapping[str, ConfigurationSet],
-                 destinations: Mapping[tuple[str, str], Destination]) -> None:
+                 destinations: Mapping[tuple[str, str], Destination], store: Store, *,
+                 retry_delay: float = 1.0) -> None:
         self._sets = sets
         self._destinations = destinations
+        self._store = store
+        self._retry_delay = retry_delay
+        self._pending: list[Statement] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._throttle = LogThrottle(60.0)
 
-    def publish(self, configuration_set: str | None, record: Mapping[str, Any],
-                recipient: str | None = None) -> None:
-        """Hand the record to every enabled destination of the set that matches its type."""
+    def statements(self, configuration_set: str | None, record: Mapping[str, Any],
+                   recipient: str | None = None) -> list[Statement]:
+        """Rows for every enabled destination of the set that matches the record's type."""
         cset = self._sets.get(configuration_set or "")
         if cset is None:
-            return  # SES: no configuration set, no event publishing
+            return []  # SES: no configuration set, no event publishing
         key = EVENT_KEYS[record["eventType"]]
         event: Event | None = None
+        out: list[Statement] = []
         for dest in cset.event_destinations:
             if not dest.matches(key):
                 continue
             if event is None:
                 event = make_event(cset.name, record, recipient)
+            out += self._destinations[(cset.name, dest.name)].statements(event)
+        return out
+
+    def committed(self) -> None:
+        """Rows from statements() were committed: let the destinations publish them."""
+        for dest in self._destinations.values():
+            dest.wake()
+
+    def publish(self, configuration_set: str | None, record: Mapping[str, Any],
+                recipient: str | None = None) -> None:
+        """Store an event that reports no state change (a hit); never blocks, never raises."""
+        try:
+            rows = self.statements(configuration_set, record, recipient)
+        except Exception:  # noqa: BLE001 - a bad record must not break the caller
+            log.exception("event for %s not built", configuration_set)
+            return
+        if rows:
+            self._pending += rows
+            self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-bus")
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Store what publish() was given; after `grace` seconds of failing, give up loudly."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
             try:
-                self._destinations[(cset.name, dest.name)].put(event)
-            except Exception:  # noqa: BLE001 - one destination must not stop the others
-                log.exception("event destination %s/%s failed to take an event", cset.name, dest.name)
+                await asyncio.wait_for(self._task, grace)
+            except TimeoutError:
+                pass
+            self._task = None
+        if self._pending:
+            log.error("%d event row(s) could not be stored before shutdown", len(self._pending))
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                # Everything published since the last commit goes in one transaction.
+                batch, self._pending = self._pending, []
+                try:
+                    await self._store.write(batch)
+                except Exception as e:  # noqa: BLE001 - e.g. the disk is full: keep and retry
+                    self._pending[:0] = batch
+                    if self._throttle.should_log("write"):
+                        log.error("events not stored yet (%s); %d row(s) kept in memory, retrying",
+                                  e, len(self._pending))
+                    await asyncio.sleep(self._retry_delay)
+                    continue
+                self.committed()
+            if self._closing:
+                return

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import aiohttp
 
 from relay.events.bus import Event
-from relay.store import Store
+from relay.store import Statement, Store
 
 log = logging.getLogger("relay.events")
 
@@ -87,22 +87,12 @@ class WebhookDestination:
         # 4xx count of the head row; in memory, so a restart grants a few more tries.
         self._rejections: dict[int, int] = {}
 
-    def put(self, event: Event) -> None:
-        # Only a queued INSERT here: the HTTP work is all in the sender task, so a
-        # slow or dead endpoint never slows the caller or the other destinations.
-        try:
-            fut = self._store.write_nowait([(INSERT, (event.event_id, self.name, event.body,
-                                                      self._clock()))])
-        except Exception:  # noqa: BLE001 - put never raises
-            log.exception("webhook %s: event %s not queued", self.name, event.event_id)
-            return
-        fut.add_done_callback(self._stored)
+    def statements(self, event: Event) -> list[Statement]:
+        # Only an outbox row here, committed by the caller: the HTTP work is all in the
+        # sender task, so a slow or dead endpoint never slows the caller or the others.
+        return [(INSERT, (event.event_id, self.name, event.body, self._clock()))]
 
-    def _stored(self, fut: asyncio.Future[None]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            log.error("webhook %s: event not queued: %s", self.name,
-                      "cancelled" if fut.cancelled() else fut.exception())
-            return
+    def wake(self) -> None:
         self._wake.set()
 
     async def start(self) -> None:

@@ -32,6 +32,12 @@ def make_event(n: int) -> Event:
                  timestamp="2024-01-01T00:00:00.000Z", body=body)
 
 
+async def put(dest: WebhookDestination, store: Store, event: Event) -> None:
+    """What the event bus does: commit the destination's outbox rows, then wake it."""
+    await store.write(dest.statements(event))
+    dest.wake()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,7 +201,7 @@ async def test_events_arrive_signed_with_their_headers(
     dest = await make_dest()
     events = [make_event(n) for n in range(3)]
     for e in events:
-        dest.put(e)
+        await put(dest, store, e)
     await until(lambda: len(receiver.requests) == 3)
     assert receiver.ids() == [e.event_id for e in events]
     for e, r in zip(events, receiver.requests, strict=True):
@@ -216,7 +222,7 @@ async def _empty(store: Store) -> bool:
 async def test_no_secret_no_signature(store: Store, receiver: Receiver, make_dest: Factory) -> None:
     await receiver.start()
     dest = await make_dest(None)
-    dest.put(make_event(1))
+    await put(dest, store, make_event(1))
     await until(lambda: len(receiver.requests) == 1)
     assert "X-Relay-Signature" not in receiver.requests[0].headers
     assert receiver.requests[0].headers["X-Relay-Event-Id"]
@@ -227,7 +233,7 @@ async def test_down_then_500_then_200_loses_nothing_and_keeps_order(
     dest = await make_dest()
     events = [make_event(n) for n in range(5)]
     for e in events:
-        dest.put(e)
+        await put(dest, store, e)
     # Port closed: the head is retried (connection refused), the rest wait behind it.
     async def head_retried() -> bool:
         rows = await outbox(store)
@@ -251,7 +257,7 @@ async def test_outbox_survives_a_restart(tmp_path: Path, receiver: Receiver) -> 
     await dest.start()
     events = [make_event(n) for n in range(4)]
     for e in events:
-        dest.put(e)
+        await put(dest, store, e)
     await until(lambda: _count(store, 4))
     await asyncio.wait_for(dest.close(), WAIT)
     await store.close()
@@ -283,8 +289,8 @@ async def test_4xx_is_tried_three_times_then_dropped(
     await receiver.start()
     dest = await make_dest()
     first, second = make_event(1), make_event(2)
-    dest.put(first)
-    dest.put(second)
+    await put(dest, store, first)
+    await put(dest, store, second)
     await until(lambda: len(receiver.requests) == 4)
     assert receiver.ids() == [first.event_id] * 3 + [second.event_id]
     await until(lambda: _empty(store))
@@ -304,7 +310,7 @@ async def test_429_honours_retry_after(store: Store, receiver: Receiver, make_de
     await receiver.start()
     dest = await make_dest(first_delay=60.0, max_delay=60.0)
     event = make_event(1)
-    dest.put(event)
+    await put(dest, store, event)
     await until(lambda: len(receiver.requests) == 3)
     assert receiver.ids() == [event.event_id] * 3
     await until(lambda: _empty(store))
@@ -317,7 +323,7 @@ async def test_a_hanging_receiver_does_not_block_put_and_is_abandoned(
     dest = await make_dest(timeout=0.3)
     events = [make_event(n) for n in range(100)]
     for e in events:
-        dest.put(e)  # returns at once: nothing here waits for the receiver
+        await put(dest, store, e)  # returns at once: nothing here waits for the receiver
     await until(lambda: _count(store, 100))
     # Abandoned after `timeout`, retried, and then everything goes through in order.
     await until(lambda: len(set(receiver.ids())) == 100)
@@ -333,7 +339,7 @@ async def test_close_is_bounded_and_keeps_unsent_events(
     dest = WebhookDestination("set/hook", receiver.url, SECRET, store, timeout=60.0)
     await dest.start()
     event = make_event(1)
-    dest.put(event)
+    await put(dest, store, event)
     await until(lambda: len(receiver.requests) == 1)
     await asyncio.wait_for(dest.close(), WAIT)  # the POST in flight is abandoned
     assert await outbox(store) == [(event.event_id, 0)]
