@@ -93,6 +93,11 @@ class Upstream:
     def messages(self) -> list[Received]:
         return self.handler.messages
 
+    @property
+    def open_connections(self) -> int:
+        # aiosmtpd sets transport to None when the connection is lost.
+        return sum(1 for p in self._protocols if p.transport is not None and not p.transport.is_closing())
+
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
     """Poll until predicate() is truthy; bounded. Returns its value."""
