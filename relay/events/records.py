@@ -18,6 +18,12 @@ from relay.headers import header_fields, split_header_block
 Record = dict[str, Any]
 
 HEADERS_LIMIT = 10240  # SES: mail.headers stops at 10 KB, then headersTruncated is true
+# SES accepts at most 50 recipients per message, so its mail.destination never lists more.
+# relay may be configured for more (smtp.max_recipients); its events then list the first 50,
+# else each of N per-recipient events would carry all N addresses (O(N^2) bytes: 2.4 GB of
+# Delivery events for one message to 10,000). The event's own recipient is always in its
+# child object (delivery.recipients, open.recipient, ...).
+DESTINATION_LIMIT = 50
 
 # eventType -> the name an event destination's matching_event_types uses for it.
 EVENT_TYPE_KEYS: dict[str, str] = {
@@ -117,7 +123,7 @@ def mail_object(info: MailInfo) -> Record:
         "timestamp": iso(info.timestamp),
         "source": info.source,
         "messageId": info.message_id,
-        "destination": list(info.destination),
+        "destination": list(info.destination[:DESTINATION_LIMIT]),
         "headersTruncated": info.headers_truncated,
         "headers": [{"name": name, "value": value} for name, value in info.headers],
         "commonHeaders": {k: list(v) if isinstance(v, list) else v for k, v in info.common_headers.items()},

@@ -299,3 +299,20 @@ def test_event_type_keys() -> None:
 def test_garbage_headers_never_raise(block: bytes) -> None:
     record = records.send_event(info(header_block=block))
     json.dumps(record, ensure_ascii=False).encode("utf-8")  # no lone surrogates either
+
+
+def test_destination_is_capped_at_ses_limit_so_events_stay_small() -> None:
+    from relay.events.records import DESTINATION_LIMIT, delivery_event, mail_info
+    rcpts = [f"r{n}@example.org" for n in range(10_000)]
+    info = mail_info(message_id="m", timestamp=datetime(2024, 1, 1, tzinfo=timezone.utc), source="a@example.com",
+                     destination=rcpts, header_block=b"Subject: x\r\n\r\n", configuration_set=None,
+                     message_tags={}, source_ip="127.0.0.1", caller_identity=None)
+    record = delivery_event(info, recipients=[rcpts[-1]], timestamp=datetime(2024, 1, 1, tzinfo=timezone.utc),
+                            smtp_response="250 ok", reporting_mta="relay.test", remote_mta_ip=None)
+    assert record["mail"]["destination"] == rcpts[:DESTINATION_LIMIT] and DESTINATION_LIMIT == 50
+    assert record["delivery"]["recipients"] == [rcpts[-1]]  # the recipient it is about, still exact
+    small = mail_info(message_id="m", timestamp=datetime(2024, 1, 1, tzinfo=timezone.utc), source="a@example.com",
+                      destination=rcpts[:3], header_block=b"", configuration_set=None, message_tags={},
+                      source_ip="127.0.0.1", caller_identity=None)
+    assert delivery_event(small, recipients=[rcpts[0]], timestamp=datetime(2024, 1, 1, tzinfo=timezone.utc),
+                          smtp_response="250 ok", reporting_mta="r", remote_mta_ip=None)["mail"]["destination"] == rcpts[:3]
