@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import mailbox
 import os
+import socket
 import ssl
+import time
+import uuid
 from typing import Protocol, Sequence
 
 import aiosmtplib
@@ -200,8 +202,29 @@ class MaildirUpstream:
         nl = b"\r\n" if b"\r\n" in data[:2000] else b"\n"
         envelope = (f"Return-Path: <{mail_from}>".encode() + nl
                     + f"X-Envelope-To: {', '.join(recipients)}".encode() + nl)
-        box = mailbox.Maildir(os.path.abspath(self.path), create=True)
-        return str(box.add(envelope + data))
+        # The Maildir protocol by hand (mailbox.Maildir leaves its tmp/ file behind when
+        # the final flush fails, e.g. on a full disk): write tmp/, fsync, rename into new/;
+        # on any failure the tmp/ file is removed, so a retry leaves no debris.
+        root = os.path.abspath(self.path)
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+        key = f"{time.time():.6f}.{uuid.uuid4().hex}.{socket.gethostname().replace('/', '_')}"
+        tmp = os.path.join(root, "tmp", key)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                view = memoryview(envelope + data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, os.path.join(root, "new", key))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return key
 
     async def close(self) -> None:
         return None
