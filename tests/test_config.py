@@ -151,3 +151,16 @@ def test_startup_warnings_for_likely_mistakes() -> None:
     assert len(lines) == 2 and "allowed_clients" in lines[0] and "without TLS" in lines[1]
     ok = cfg.parse({"smtp": {"listen": "0.0.0.0:2525", "allowed_clients": ["127.0.0.1"]}})
     assert cfg.warnings(ok) == []
+
+
+def test_warning_for_more_recipients_than_measured() -> None:
+    assert cfg.warnings(cfg.parse({"smtp": {"max_recipients": 10_000}})) == []
+    lines = cfg.warnings(cfg.parse({"smtp": {"max_recipients": 50_000}}))
+    assert len(lines) == 1 and "smtp.max_recipients is 50000" in lines[0] and "10,000" in lines[0]
+
+
+def test_upstream_data_timeout() -> None:
+    assert cfg.parse({}).upstream.data_timeout == 600.0
+    assert cfg.parse({"upstream": {"data_timeout": 30}}).upstream.data_timeout == 30.0
+    with pytest.raises(ConfigError, match=r"upstream\.data_timeout: expected a number > 0"):
+        cfg.parse({"upstream": {"data_timeout": 0}})
