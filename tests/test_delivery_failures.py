@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from relay.spool import Job, Spool
 from relay.store import Store
 from relay.tokens import Signer
 from relay.upstream import SmtpUpstream
-from tests.support import Upstream, wait_for
+from tests.support import Capture, Upstream, wait_for
 
 MESSAGE = (b"From: a@example.com\r\nTo: list@example.org\r\nSubject: hi\r\n"
            b"Content-Type: text/html\r\n\r\n<html><body><a href=\"https://example.com/x\">x</a></body></html>\r\n")
@@ -193,3 +194,37 @@ async def test_a_failed_commit_records_the_replies_later_without_sending_again(
         assert store.last_error is None
     finally:
         await stopped(env)
+
+
+class SlowToAnswer(Capture):
+    """An upstream that takes a while to answer the final dot (it is writing to disk, say)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(self.delay)
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_a_slow_reply_to_the_final_dot_is_awaited_so_nobody_gets_two_copies(
+        tmp_path: Path, store: Store) -> None:
+    slow = await Upstream(SlowToAnswer(delay=1.0)).start()
+    base = make_config(tmp_path, slow.port)
+    # Other replies must come within 0.3 s; the one after the data gets its own, longer wait.
+    config = dataclasses.replace(base, upstream=dataclasses.replace(base.upstream, timeout=0.3, data_timeout=5.0))
+    env = Env(config, SmtpUpstream(config.upstream, local_hostname="relay.test"), store)
+    await running(env)
+    try:
+        rcpts = [f"r{n}@example.org" for n in range(4)]
+        mid = await env.submit(rcpts)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and set((await env.states(mid)).values()) != {"delivered"}:
+            await asyncio.sleep(0.05)
+        assert set((await env.states(mid)).values()) == {"delivered"}
+        assert sorted(r for m in slow.messages for r in m.rcpts) == rcpts  # one copy each
+        assert await env.events("DeliveryDelay") == []
+    finally:
+        await stopped(env)
+        await slow.stop()
