@@ -144,7 +144,8 @@ class Deliverer:
             async with slots:  # a copy is built only when it can soon be sent
                 data = personalize(prepared, signer=self._signer, base_url=base_url,
                                    https_policy=cset.https_policy, message_id=job.message_id,
-                                   recipient=rcpt, sent_at=job.accepted_at)
+                                   recipient_index=job.mail.destination.index(rcpt),
+                                   sent_at=job.accepted_at)
                 return (await self._upstream.send(job.mail_from, [rcpt], data))[rcpt]
 
         first = await send_one(recipients[0])
