@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import re
 import resource
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -136,7 +138,7 @@ class TrackingServer:
         if request.method == "GET":
             self.recorder.hit(claim, self.client_ip(request), request.headers.get("User-Agent", ""))
         # A plain Response is about twice as fast as raising HTTPFound.
-        return web.Response(status=302, headers={"Location": claim.url, **NO_CACHE})
+        return web.Response(status=302, headers={"Location": _location(claim.url), **NO_CACHE})
 
     def client_ip(self, request: web.Request) -> str:
         """The peer, or X-Forwarded-For's nearest untrusted hop when the peer is a trusted proxy."""
@@ -158,6 +160,16 @@ def _after_c(raw_path: str) -> str:
         slash = path.find("/", authority + 2) if authority >= 0 else -1
         path = path[slash:] if slash >= 0 else ""
     return path[3:] if path.startswith("/c/") else ""
+
+
+# Location is a URI-reference (RFC 9110 section 10.2.2): a tracked href is one already,
+# and goes out as is; anything else (a space, UTF-8, CR LF) is percent-encoded.
+_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
+_URI_SAFE = "-._~:/?#[]@!$&'()*+,;=%"
+
+
+def _location(url: str) -> str:
+    return url if _URI_CHARS.fullmatch(url) else quote(url, safe=_URI_SAFE, encoding="utf-8", errors="surrogatepass")
 
 
 def _valid_ip(s: str) -> bool:
