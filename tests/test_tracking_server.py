@@ -20,6 +20,7 @@ from relay.spool import Job, Spool
 from relay.store import Store
 from relay.tokens import MAX_LINK_PATH, ClickClaim, OpenClaim, Signer, click_link_fits
 from relay.tracking import TrackingServer
+from relay.tracking.server import _after_c
 
 CONFIG_SETS = {"news": {"event_destinations": [
     {"name": "db", "type": "sqlite", "matching_event_types": ["open", "click"]}]}}
@@ -334,3 +335,15 @@ async def test_healthz_reports_an_unusable_store(env) -> None:
     await store.write([("INSERT INTO settings(key, value) VALUES ('x', 'y')", ())])
     r = await client.get("/healthz")
     assert r.status == 200
+
+
+@pytest.mark.parametrize(("raw", "rest"), [
+    ("/c/TOKEN/https:/%2Fx.test/", "TOKEN/https:/%2Fx.test/"),
+    ("/c/TOKEN/https:/%2Fx.test/?utm=added", "TOKEN/https:/%2Fx.test/"),
+    ("http://t.example/c/TOKEN/https:/%2Fx.test/", "TOKEN/https:/%2Fx.test/"),  # absolute-form, from a proxy
+    ("/c/TOKEN", "TOKEN"),
+    ("/o/TOKEN", ""),
+    ("http://t.example", ""),
+])
+def test_what_follows_c_in_the_request_target(raw: str, rest: str) -> None:
+    assert _after_c(raw) == rest

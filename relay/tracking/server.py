@@ -98,12 +98,14 @@ class TrackingServer:
             host=tracking.listen.host, port=tracking.listen.port, reuse_address=True)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()  # stop accepting; connections are closed by the runner
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # stop accepting; the runner closes the connections
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if server is not None:
+            await server.wait_closed()
         await self._drain()
 
     async def _drain(self, app: web.Application | None = None) -> None:
