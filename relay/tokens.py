@@ -8,6 +8,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ def _claim_bytes(message_id: str, index: int, sent_at: float, tags: dict[str, li
     # A relay id already holds the acceptance time in ms (intake takes both from one
     # clock reading); only a different sent_at is spelled out.
     if packed is None or not abs(sent_at * 1000 - int.from_bytes(packed[:8], "big")) < 1:
-        sent_ms = round(sent_at * 1000)
+        sent_ms = round(sent_at * 1000) if math.isfinite(sent_at) else -1
         if not 0 <= sent_ms <= _MAX_SENT_MS:
             raise ValueError(f"sent_at out of range: {sent_at!r}")
         flags |= _EXPLICIT_SENT

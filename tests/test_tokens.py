@@ -107,6 +107,12 @@ def test_bad_recipient_index_is_a_caller_bug(index: Any) -> None:
         Signer([SECRET]).sign_open(OpenClaim(MID, index, SENT))
 
 
+@pytest.mark.parametrize("sent_at", [-1.0, float("inf"), float("nan"), 1e15])
+def test_bad_sent_at_is_a_caller_bug(sent_at: float) -> None:
+    with pytest.raises(ValueError):
+        Signer([SECRET]).sign_open(OpenClaim("m", 0, sent_at))
+
+
 def test_deterministic() -> None:
     assert Signer([SECRET]).sign_click(CLICK) == Signer([SECRET]).sign_click(CLICK)
 

@@ -153,6 +153,18 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeo
     assert await closed_by_server(reader, within=10)
 
 
+async def test_a_busy_kept_alive_connection_outlives_the_header_timeout(serve, conns) -> None:
+    # Each complete head disarms the deadline: only a head in progress is timed.
+    server = await serve(header_timeout=1, keepalive_timeout=60)
+    reader, writer = await connect(server, conns)
+    for _ in range(8):  # 8 requests 0.5 s apart: 4 s, well past the header timeout
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(reader.readexactly(3), 5) == b"ok\n"
+        await asyncio.sleep(0.5)
+
+
 def test_auto_total_is_the_listeners_share_of_the_fd_limit() -> None:
     config = cfg.parse({"upstream": {"connections": 8}})
     assert max_connections(config, nofile=1024) == connection_budget(1024, upstream_connections=8).http
