@@ -93,7 +93,7 @@ async def http(port: int) -> None:
 
     app = web.Application()
     app.router.add_get("/o/{token}", open_)
-    app.router.add_get("/c/{token}", click)
+    app.router.add_get("/c/{rest:.+}", click)  # relay links: /c/{token}/{url}
     runner = web.AppRunner(app, access_log=None, handle_signals=False)  # as relay's tracking server
     await runner.setup()
     await web.TCPSite(runner, host=HOST, port=port).start()

@@ -76,7 +76,7 @@ def main() -> None:
             base_url="https://t.example.net",
             https_policy="REQUIRE",
             message_id="0102018f3b2a4c1d-5d2e7c41-9a0b-4c3d-8e1f-2a3b4c5d6e7f-000000",
-            recipient="reader@example.org",
+            recipient_index=0,
             sent_at=1714684578.845,
         ),
         50,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import email
+import html
 import os
 import re
 import shutil
@@ -92,7 +93,7 @@ def tracking_urls(messages: list[bytes]) -> tuple[list[str], list[str]]:
                 continue
             text = part.get_content()
             opens += re.findall(r'src="(http://127\.0\.0\.1:\d+/o/[A-Za-z0-9_-]+)"', text)
-            clicks += re.findall(r'href="(http://127\.0\.0\.1:\d+/c/[A-Za-z0-9_-]+)"', text)
+            clicks += [html.unescape(u) for u in re.findall(r'href="(http://127\.0\.0\.1:\d+/c/[^"]+)"', text)]
     return opens, clicks
 
 

@@ -40,7 +40,15 @@ class App:
         await self.store.open()
         stack.push_async_callback(self.store.close)
 
-        secrets = list(config.tracking.secrets) or [await self.store.setting("token_secret", new_secret)]
+        # The configured secrets sign (the first) and verify; the generated one, once it
+        # exists, always verifies too: configuring secrets later must not turn every
+        # link already mailed into a 404.
+        secrets = list(config.tracking.secrets)
+        if secrets:
+            row = await self.store.fetchone("SELECT value FROM settings WHERE key = 'token_secret'")
+            secrets += [str(row[0])] if row else []
+        else:
+            secrets = [await self.store.setting("token_secret", new_secret)]
         self.signer = Signer([s.encode() for s in secrets])
 
         destinations: dict[tuple[str, str], Destination] = {}
@@ -75,7 +83,8 @@ class App:
         self.deliverer.start(config.upstream.connections)
         stack.push_async_callback(self.deliverer.stop)
 
-        self.tracking = TrackingServer(config=config, signer=self.signer, spool=self.spool, bus=self.bus)
+        self.tracking = TrackingServer(config=config, signer=self.signer, spool=self.spool, bus=self.bus,
+                                       store=self.store)
         await self.tracking.start()
         stack.push_async_callback(self.tracking.stop)
 

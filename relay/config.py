@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit
 
 from relay.errors import ConfigError
+from relay.limits import DEFAULT_PER_CLIENT
 
 # SES MatchingEventTypes, in the v1/config spelling relay uses.
 EVENT_TYPES = (
@@ -92,8 +93,14 @@ class TrackingConfig:
     base_url: str = "http://127.0.0.1:8080"
     window_days: float = 60.0
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    # HMAC secrets; the first signs, all verify. Empty: one is generated and kept in storage.
+    # HMAC secrets; the first signs, all verify. The generated one in storage (made when
+    # none are configured) always verifies too, so links already mailed keep working.
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    # The port faces the internet: connection caps and timeouts (config.example.toml).
+    max_connections: int = 0  # 0: auto, a share of the file-descriptor limit
+    max_connections_per_client: int = DEFAULT_PER_CLIENT
+    header_timeout: float = 10.0  # seconds to send a whole request head
+    keepalive_timeout: float = 75.0  # seconds an idle kept-alive connection stays open (nginx's default)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -403,7 +410,9 @@ def _redact(url: str) -> str:
 
 
 def _tracking(r: _Reader, t: dict[str, Any]) -> TrackingConfig:
-    r.no_unknown(t, "tracking", {"listen", "base_url", "window_days", "trusted_proxies", "secrets"})
+    r.no_unknown(t, "tracking", {"listen", "base_url", "window_days", "trusted_proxies", "secrets",
+                                 "max_connections", "max_connections_per_client", "header_timeout",
+                                 "keepalive_timeout"})
     d = TrackingConfig()
     secrets = t.get("secrets", [])
     if not isinstance(secrets, list) or not all(isinstance(s, str) and len(s) >= 16 for s in secrets):
@@ -416,6 +425,11 @@ def _tracking(r: _Reader, t: dict[str, Any]) -> TrackingConfig:
         window_days=r.number(t, "tracking.window_days", d.window_days),
         trusted_proxies=r.networks(t, "tracking.trusted_proxies", ()),
         secrets=tuple(secrets),
+        max_connections=r.integer(t, "tracking.max_connections", d.max_connections, minimum=0),
+        max_connections_per_client=r.integer(t, "tracking.max_connections_per_client",
+                                             d.max_connections_per_client),
+        header_timeout=r.number(t, "tracking.header_timeout", d.header_timeout),
+        keepalive_timeout=r.number(t, "tracking.keepalive_timeout", d.keepalive_timeout),
     )
 
 

@@ -163,7 +163,8 @@ class Deliverer:
                 try:
                     data = personalize(prepared, signer=self._signer, base_url=base_url,
                                        https_policy=cset.https_policy, message_id=job.message_id,
-                                       recipient=rcpt, sent_at=job.accepted_at)
+                                       recipient_index=job.mail.destination.index(rcpt),
+                                       sent_at=job.accepted_at)
                     return (await self._upstream.send(job.mail_from, [rcpt], data))[rcpt]
                 except asyncio.CancelledError:
                     raise

@@ -89,6 +89,14 @@ class Store:
     async def open(self) -> None:
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
+        # The file holds every spooled message and the token secret: owner only. SQLite
+        # gives the -wal and -shm files the database file's mode; files from before
+        # this rule are tightened too.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+            with contextlib.suppress(OSError):  # absent, or not ours to change
+                if os.stat(path).st_mode & 0o077:
+                    os.chmod(path, 0o600)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-store-writer")
         self._writer = await self._in_writer(self._connect)
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)

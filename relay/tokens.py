@@ -1,52 +1,64 @@
 # Signed, self-contained tracking tokens for the /o/ (open) and /c/ (click) URLs.
 # A token carries its whole claim, so the redirect still works after stored data is
 # pruned (relay keeps links alive past SES's 60-day window); HMAC-SHA256 with a
-# namespace per kind, several secrets for key rotation.
+# namespace per kind, several secrets for key rotation. No personal data inside.
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
 import hmac
-import json
+import math
 import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeGuard
+from urllib.parse import quote, unquote_to_bytes
+
+from relay import legacy_tokens
+from relay.legacy_tokens import LegacyClickClaim, LegacyOpenClaim
+
+__all__ = ["MAX_LINK_PATH", "ClickClaim", "LegacyClickClaim", "LegacyOpenClaim", "OpenClaim", "Signer",
+           "click_link_fits", "decode_url", "encode_url"]
 
 
 @dataclass(frozen=True)
 class OpenClaim:
     message_id: str
-    recipient: str
-    sent_at: float  # unix seconds when the message was accepted
+    recipient_index: int  # index into the message's mail.destination (never the address)
+    sent_at: float  # unix seconds when the message was accepted (kept to the millisecond)
 
 
 @dataclass(frozen=True)
 class ClickClaim:
     message_id: str
-    recipient: str
+    recipient_index: int
     sent_at: float
     url: str  # the original destination URL (decoded href)
     link_tags: dict[str, list[str]]  # SES linkTags shape; {} when none
 
 
-# Wire format: base64url(no padding) of  format-byte | payload | MAC[:16]
-#   format 1: payload is compact JSON (UTF-8); format 2: the same JSON as raw DEFLATE
-#   (RFC 1951, no zlib header), used only when shorter. A 1 KiB window and small memLevel
-#   compress claims as well as the defaults at a sixth of the set-up cost.
-# MAC = HMAC-SHA256(secret, namespace | format-byte | payload); the namespace differs
-# per kind, so an open token never verifies as a click token and vice versa.
+# Links (v2):  {base}/o/{token}    and    {base}/c/{token}/{encode_url(url)}
+# token = base64url(no padding) of  body | MAC[:16], body a compact binary claim:
+#   flags        1 byte: 0x80 (v2; v1 bodies start with 0x01/0x02) | the bits below
+#   message id   24 bytes when relay-shaped (PACKED_ID: %016x ms, UUID, "-000000"),
+#                else varint length + UTF-8
+#   recipient    varint (LEB128) index into mail.destination, < 2**21
+#   sent_at      6 bytes big-endian ms (EXPLICIT_SENT), only when it is not the id's ms
+#   link tags    (TAGS) varint count, then name, varint count, values; strings are
+#                varint length + UTF-8
+# MAC = HMAC-SHA256(secret, namespace | body | UTF-8 URL) truncated: the URL sits in
+# the path in clear (SES shows it too) but cannot be changed. The body parses to its
+# exact end, so body|URL splits one way only.
 _MAC_LEN = 16  # 128-bit truncated MAC: forging still needs 2**128 guesses
-_RAW, _DEFLATED = 1, 2
-_OPEN_NS = b"relay.token.v1/open\x00"
-_CLICK_NS = b"relay.token.v1/click\x00"
-# Verification bounds the work done on attacker input: tokens longer than this, or
-# payloads inflating beyond it, are rejected before/while decoding.
+_V2, _PACKED_ID, _EXPLICIT_SENT, _TAGS = 0x80, 0x01, 0x02, 0x04
+_OPEN_NS = b"relay.token.v2/open\x00"
+_CLICK_NS = b"relay.token.v2/click\x00"
+_MAX_INDEX = (1 << 21) - 1  # three varint bytes; SMTP messages have far fewer recipients
+_MAX_SENT_MS = (1 << 48) - 1
+# Verification bounds the work done on attacker input.
 MAX_TOKEN_CHARS = 32768
-_MAX_PAYLOAD = 65536
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
+_RELAY_ID_RE = re.compile(r"([0-9a-f]{16})-([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{12})-000000")
 
 
 class Signer:
@@ -62,110 +74,264 @@ class Signer:
         self._keys = keys
 
     def sign_open(self, claim: OpenClaim) -> str:
-        return self._sign(_OPEN_NS, [claim.message_id, claim.recipient, claim.sent_at])
+        """The token of an open link: {base}/o/{token}."""
+        body = _claim_bytes(claim.message_id, claim.recipient_index, claim.sent_at, {})
+        return _b64(body + _mac(self._keys[0], _OPEN_NS, body))
 
     def sign_click(self, claim: ClickClaim) -> str:
-        fields: list[object] = [claim.message_id, claim.recipient, claim.sent_at, claim.url]
-        if claim.link_tags:  # omitted when empty: most links carry no tags
-            fields.append(claim.link_tags)
-        return self._sign(_CLICK_NS, fields)
+        """The rest of a click link after {base}/c/: "{token}/{percent-encoded URL}"."""
+        body = _claim_bytes(claim.message_id, claim.recipient_index, claim.sent_at, claim.link_tags)
+        url = claim.url.encode("utf-8", "surrogatepass")
+        return f"{_b64(body + _mac(self._keys[0], _CLICK_NS, body + url))}/{encode_url(claim.url)}"
 
-    def verify_open(self, token: str) -> OpenClaim | None:
-        fields = self._verify(_OPEN_NS, token)
-        if fields is None or len(fields) != 3:
+    def verify_open(self, token: object) -> OpenClaim | LegacyOpenClaim | None:
+        """An /o/ token of either format (both have that URL shape)."""
+        blob = _unb64(token)
+        if blob is None:
             return None
-        message_id, recipient, sent_at = fields
-        if not (isinstance(message_id, str) and isinstance(recipient, str) and _is_number(sent_at)):
+        if blob[0] < _V2:
+            return legacy_tokens.verify_open(self._keys, blob)
+        fields = self._verify(_OPEN_NS, blob, b"")
+        if fields is None or fields[3]:
             return None
-        return OpenClaim(message_id, recipient, float(sent_at))
+        return OpenClaim(*fields[:3])
 
-    def verify_click(self, token: str) -> ClickClaim | None:
-        fields = self._verify(_CLICK_NS, token)
-        if fields is None or len(fields) not in (4, 5):
+    def verify_click(self, rest: object) -> ClickClaim | None:
+        """The raw path after /c/ of a v2 link ("{token}/{encoded URL}", no query)."""
+        if not isinstance(rest, str) or len(rest) > 4 * MAX_LINK_PATH:
             return None
-        message_id, recipient, sent_at, url = fields[:4]
-        tags = fields[4] if len(fields) == 5 else {}
-        if not (isinstance(message_id, str) and isinstance(recipient, str) and isinstance(url, str)):
+        token, slash, encoded = rest.partition("/")
+        url = decode_url(encoded) if slash else None
+        blob = _unb64(token)
+        if url is None or blob is None or blob[0] < _V2:
             return None
-        if not _is_number(sent_at) or not _is_tags(tags):
+        fields = self._verify(_CLICK_NS, blob, url.encode("utf-8", "surrogatepass"))
+        if fields is None:
             return None
-        return ClickClaim(message_id, recipient, float(sent_at), url, tags)
+        return ClickClaim(*fields[:3], url, fields[3])
 
-    def _sign(self, namespace: bytes, fields: list[object]) -> str:
-        payload = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-        # surrogatepass: addresses decoded with surrogateescape must not make signing fail.
-        data = payload.encode("utf-8", "surrogatepass")
-        deflater = zlib.compressobj(9, zlib.DEFLATED, -10, 2)
-        packed = deflater.compress(data) + deflater.flush()
-        body = bytes([_DEFLATED]) + packed if len(packed) < len(data) else bytes([_RAW]) + data
-        mac = _mac(self._keys[0], namespace, body)
-        return base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode("ascii")
+    def verify_legacy_click(self, token: object) -> LegacyClickClaim | None:
+        """A v1 click token: the old link shape /c/{token}, already in mailboxes."""
+        blob = _unb64(token)
+        return None if blob is None else legacy_tokens.verify_click(self._keys, blob)
 
-    def _verify(self, namespace: bytes, token: object) -> list[object] | None:
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
-            return None
-        if not _TOKEN_RE.fullmatch(token) or len(token) % 4 == 1:
-            return None
-        try:
-            blob = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            return None
-        # Only the canonical encoding verifies: otherwise the unused low bits of the
-        # last character would let a "flipped" token decode to the same bytes.
-        if base64.urlsafe_b64encode(blob).rstrip(b"=").decode("ascii") != token:
-            return None
+    def _verify(self, namespace: bytes, blob: bytes, url: bytes) -> tuple[str, int, float, dict[str, list[str]]] | None:
         if len(blob) < 1 + _MAC_LEN:
             return None
         body, mac = blob[:-_MAC_LEN], blob[-_MAC_LEN:]
         # compare_digest: constant time, so the MAC cannot be guessed byte by byte.
-        if not any(hmac.compare_digest(_mac(key, namespace, body), mac) for key in self._keys):
+        if not any(hmac.compare_digest(_mac(key, namespace, body + url), mac) for key in self._keys):
             return None
-        return _decode_payload(body)
+        return _parse_claim(body)
 
 
-def _mac(key: bytes, namespace: bytes, body: bytes) -> bytes:
-    return hmac.new(key, namespace + body, hashlib.sha256).digest()[:_MAC_LEN]
+def _mac(key: bytes, namespace: bytes, data: bytes) -> bytes:
+    return hmac.new(key, namespace + data, hashlib.sha256).digest()[:_MAC_LEN]
 
 
-def _decode_payload(body: bytes) -> list[object] | None:
-    kind, data = body[0], body[1:]
-    try:
-        if kind == _DEFLATED:
-            inflater = zlib.decompressobj(-15)  # raw DEFLATE, any window size
-            data = inflater.decompress(data, _MAX_PAYLOAD)
-            if inflater.unconsumed_tail or not inflater.eof:
-                return None
-        elif kind != _RAW:
-            return None
-        fields = json.loads(data.decode("utf-8", "surrogatepass"))
-    except (zlib.error, UnicodeDecodeError, ValueError, RecursionError):
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(token: object) -> bytes | None:
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
         return None
-    return fields if isinstance(fields, list) else None
+    if not _TOKEN_RE.fullmatch(token) or len(token) % 4 == 1:
+        return None
+    try:
+        blob = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    # Only the canonical encoding verifies: otherwise the unused low bits of the
+    # last character would let a "flipped" token decode to the same bytes.
+    if not blob or _b64(blob) != token:
+        return None
+    return blob
 
 
-def _is_number(value: object) -> TypeGuard[float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+# --- the claim's bytes ------------------------------------------------------------
 
 
-def _is_tags(value: object) -> TypeGuard[dict[str, list[str]]]:
-    return isinstance(value, dict) and all(
-        isinstance(name, str) and isinstance(values, list) and all(isinstance(item, str) for item in values)
-        for name, values in value.items()
-    )
+def _claim_bytes(message_id: str, index: int, sent_at: float, tags: dict[str, list[str]]) -> bytes:
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= _MAX_INDEX:
+        raise ValueError(f"recipient_index must be 0..{_MAX_INDEX}, not {index!r}")
+    flags = _V2
+    out = bytearray()
+    packed = _pack_id(message_id)
+    if packed is not None:
+        flags |= _PACKED_ID
+        out += packed
+    else:
+        out += _string(message_id)
+    out += _varint(index)
+    # A relay id already holds the acceptance time in ms (intake takes both from one
+    # clock reading); only a different sent_at is spelled out.
+    if packed is None or not abs(sent_at * 1000 - int.from_bytes(packed[:8], "big")) < 1:
+        sent_ms = round(sent_at * 1000) if math.isfinite(sent_at) else -1
+        if not 0 <= sent_ms <= _MAX_SENT_MS:
+            raise ValueError(f"sent_at out of range: {sent_at!r}")
+        flags |= _EXPLICIT_SENT
+        out += sent_ms.to_bytes(6, "big")
+    if tags:  # omitted when empty: most links carry no tags
+        flags |= _TAGS
+        out += _varint(len(tags))
+        for name, values in tags.items():
+            out += _string(name) + _varint(len(values))
+            for value in values:
+                out += _string(value)
+    return bytes([flags]) + bytes(out)
 
 
-# A tracked link must stay short enough for every HTTP hop on its way back to relay
-# (nginx's and aiohttp's default request-line buffers are 8 KB).
+def _pack_id(message_id: str) -> bytes | None:
+    m = _RELAY_ID_RE.fullmatch(message_id)
+    return bytes.fromhex("".join(m.groups())) if m else None
+
+
+def _unpack_id(data: bytes) -> str:
+    h = data.hex()
+    return f"{h[:16]}-{h[16:24]}-{h[24:28]}-{h[28:32]}-{h[32:36]}-{h[36:48]}-000000"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _string(s: str) -> bytes:
+    # surrogatepass: ids or tags decoded with surrogateescape must not make signing fail.
+    data = s.encode("utf-8", "surrogatepass")
+    return _varint(len(data)) + data
+
+
+class _Malformed(Exception):
+    pass
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def take(self, n: int) -> bytes:
+        if n > len(self.data) - self.at:
+            raise _Malformed
+        chunk = self.data[self.at : self.at + n]
+        self.at += n
+        return chunk
+
+    def varint(self, max_bytes: int = 4) -> int:
+        n = shift = 0
+        for i in range(max_bytes):
+            byte = self.take(1)[0]
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                if byte == 0 and i:  # only the shortest encoding: one claim, one token
+                    raise _Malformed
+                return n
+        raise _Malformed
+
+    def string(self) -> str:
+        try:
+            return self.take(self.varint()).decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise _Malformed from None
+
+
+def _parse_claim(body: bytes) -> tuple[str, int, float, dict[str, list[str]]] | None:
+    """(message_id, recipient_index, sent_at, link_tags) from a body whose MAC checked."""
+    flags = body[0]
+    if flags & ~(_V2 | _PACKED_ID | _EXPLICIT_SENT | _TAGS):
+        return None
+    r = _Reader(body[1:])
+    try:
+        if flags & _PACKED_ID:
+            packed = r.take(24)
+            message_id = _unpack_id(packed)
+            sent_ms = int.from_bytes(packed[:8], "big")
+        else:
+            message_id = r.string()
+            if not flags & _EXPLICIT_SENT:
+                return None
+        index = r.varint(3)
+        if flags & _EXPLICIT_SENT:
+            sent_ms = int.from_bytes(r.take(6), "big")
+        tags: dict[str, list[str]] = {}
+        if flags & _TAGS:
+            for _ in range(r.varint()):
+                name = r.string()
+                tags[name] = [r.string() for _ in range(r.varint())]
+            if not tags:
+                return None
+    except _Malformed:
+        return None
+    if r.at != len(r.data):
+        return None
+    return message_id, index, sent_ms / 1000, tags
+
+
+# --- the URL in the path --------------------------------------------------------
+
+# Left as is: RFC 3986 pchar (unreserved, sub-delims, ":" "@") but ";" (servlet
+# containers strip ";params" from paths) and "'" (it ends quoted attributes and text
+# links), and "/" except as below. Everything else, "%" "?" "#" space, controls and
+# non-ASCII (as UTF-8), is percent-encoded: the URL cannot be read as our own query or
+# fragment, and survives every hop byte for byte.
+_SAFE = "!$&()*+,=:@/"  # with quote()'s own A-Z a-z 0-9 - . _ ~
+_RISKY_SLASH = re.compile(r"(?:^|(?<=/))/|/(?=\.\.?(?:/|$))")
+# Linkifiers in mail clients leave trailing punctuation out of a plain-text link
+# ("see https://x.test/a." or "(https://x.test/a)"): the link must not end with any.
+_TRAILING = frozenset("!$&()*+,=:@.-~_")
+
+
+def encode_url(url: str) -> str:
+    """The destination URL as it goes into the click link's path.
+
+    "/" stays readable (the link shows where it leads, as SES's do) except where a
+    proxy or browser would rewrite the path: a slash right after another one (the
+    separator before the URL included: "https://", nginx merge_slashes) and a slash
+    before a "." or ".." segment (RFC 3986 section 5.2.4 dot-segment removal, done by
+    browsers too) become %2F. A trailing punctuation character is encoded too.
+    """
+    encoded = _RISKY_SLASH.sub("%2F", quote(url, safe=_SAFE, encoding="utf-8", errors="surrogatepass"))
+    if encoded and encoded[-1] in _TRAILING:
+        encoded = f"{encoded[:-1]}%{ord(encoded[-1]):02X}"
+    return encoded
+
+
+def decode_url(encoded: str) -> str | None:
+    """The URL from the raw path (any valid percent-encoding: the MAC covers the result)."""
+    try:
+        return unquote_to_bytes(encoded).decode("utf-8", "surrogatepass")
+    except UnicodeError:
+        return None
+
+
+# --- the length contract with the instrumentation ---------------------------------
+
+# A tracked link's path (from /c/ on) must stay short enough for every HTTP hop on its
+# way back to relay: nginx's default large_client_header_buffers is 8 KB for the whole
+# request line, aiohttp's max_line_size 8190; 8000 leaves room for the method, the
+# HTTP version and a short path prefix in base_url.
 MAX_LINK_PATH = 8000
+_RELAY_ID_BYTES = 24
+_WORST_INDEX_BYTES = 3  # _MAX_INDEX as a varint
+_WORST_SENT_BYTES = 6  # an explicit sent_at
 
 
 def click_link_fits(url: str, link_tags: dict[str, list[str]]) -> bool:
-    """Whether a click link for this URL (and tags) stays within MAX_LINK_PATH.
+    """Whether every click link for this URL (and tags) stays within MAX_LINK_PATH.
 
     Decided once per message (it does not depend on the recipient); a link that does
-    not fit is left untracked rather than broken.
+    not fit is left untracked rather than broken. Exact for relay's own message ids:
+    the longest link any recipient can get ("/c/" token "/" URL), with the largest
+    recipient index and an explicit sent_at.
     """
-    # Placeholder until the token format carries the URL beside the claim: a
-    # conservative bound on today's format (base64 of the raw claim).
-    tag_chars = sum(len(k) + sum(len(v) + 3 for v in vs) + 5 for k, vs in link_tags.items())
-    return (len(url.encode("utf-8", "surrogatepass")) + tag_chars + 200) * 4 // 3 + 30 <= MAX_LINK_PATH
+    tag_bytes = len(_varint(len(link_tags))) if link_tags else 0
+    for name, values in link_tags.items():
+        tag_bytes += len(_string(name)) + len(_varint(len(values))) + sum(len(_string(v)) for v in values)
+    body = 1 + _RELAY_ID_BYTES + _WORST_INDEX_BYTES + _WORST_SENT_BYTES + tag_bytes + _MAC_LEN
+    return 3 + (4 * body + 2) // 3 + 1 + len(encode_url(url)) <= MAX_LINK_PATH

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import html
 import json
 import re
 import time
@@ -71,9 +72,17 @@ RCPTS = ["ana@example.org", "bob@example.org", "cy@example.org"]
 def urls_in(data: bytes) -> tuple[list[str], list[str]]:
     """The pixel and click URLs in a delivered copy (decoded parts)."""
     msg = email.message_from_bytes(data, policy=policy.default)
-    text = "".join(p.get_content() for p in msg.walk() if p.get_content_maintype() == "text")
-    return (re.findall(r'src="(http://127\.0\.0\.1:\d+/o/[^"]+)"', text),
-            re.findall(r"(http://127\.0\.0\.1:\d+/c/[A-Za-z0-9_.\-]+)", text))
+    pixels: list[str] = []
+    links: list[str] = []
+    for part in msg.walk():
+        if part.get_content_maintype() != "text":
+            continue
+        text = part.get_content()
+        # In HTML the link's "&" is written "&amp;", as a browser reads it.
+        unescape = html.unescape if part.get_content_subtype() == "html" else str
+        pixels += re.findall(r'src="(http://127\.0\.0\.1:\d+/o/[^"]+)"', text)
+        links += [unescape(u) for u in re.findall(r"(http://127\.0\.0\.1:\d+/c/[A-Za-z0-9_\-]+/[^\s\"'<>]+)", text)]
+    return pixels, links
 
 
 def db_events(relay: RelayProcess, event_type: str) -> list[tuple[str, dict]]:
@@ -124,10 +133,13 @@ async def test_pixel_and_redirects_record_per_recipient(tracked) -> None:
                 async with http.get(link, allow_redirects=False) as r:
                     assert r.status == 302
                     assert r.headers["Location"] == "https://shop.example.com/spring?a=1&b=2"
+            # HEAD answers like GET (a link checker's or a proxy's prefetch) but is not a click
             async with http.head(links[0], allow_redirects=False) as r:
-                assert r.status == 302
+                assert r.status == 302 and r.headers["Location"] == "https://shop.example.com/spring?a=1&b=2"
+            async with http.head(pixels[0]) as r:
+                assert r.status == 200 and r.headers["Content-Type"] == "image/gif"
     opens = await wait_for(lambda: len(db_events(relay, "Open")) == 6 and db_events(relay, "Open"))
-    clicks = await wait_for(lambda: len(db_events(relay, "Click")) == 9 and db_events(relay, "Click"))
+    clicks = await wait_for(lambda: len(db_events(relay, "Click")) == 6 and db_events(relay, "Click"))
     for rcpt in RCPTS:
         mine = [e for r, e in opens if r == rcpt]
         assert len(mine) == 2 and all(e["open"]["recipient"] == rcpt for e in mine)
@@ -139,12 +151,13 @@ async def test_pixel_and_redirects_record_per_recipient(tracked) -> None:
     assert html_clicks[0]["click"]["link"] == "https://shop.example.com/spring?a=1&b=2"
     # The JSONL destination got the same opens and clicks; the disabled one nothing;
     # the click-only one only clicks.
-    lines = await wait_for(lambda: len((relay.tmp / "events.jsonl").read_text().splitlines()) == 15
+    lines = await wait_for(lambda: len((relay.tmp / "events.jsonl").read_text().splitlines()) == 12
                            and (relay.tmp / "events.jsonl").read_text().splitlines())
     assert {json.loads(x)["eventType"] for x in lines} == {"Open", "Click"}
     clicks_only = (relay.tmp / "clicks.jsonl").read_text().splitlines()
-    assert len(clicks_only) == 9 and {json.loads(x)["eventType"] for x in clicks_only} == {"Click"}
+    assert len(clicks_only) == 6 and {json.loads(x)["eventType"] for x in clicks_only} == {"Click"}
     assert not (relay.tmp / "disabled.jsonl").exists()
+    assert len(db_events(relay, "Open")) == 6 and len(db_events(relay, "Click")) == 6  # no HEAD among them
 
 
 async def test_tampered_tokens_404_and_record_nothing(tracked) -> None:
@@ -152,11 +165,16 @@ async def test_tampered_tokens_404_and_record_nothing(tracked) -> None:
     pixels, links = urls_in(up.messages[0].data)
     async with aiohttp.ClientSession() as http:
         for url in (pixels[0], links[0]):
-            token = url.rsplit("/", 1)[1]
+            base, kind, rest = url.partition("/o/") if "/o/" in url else url.partition("/c/")
+            token, slash, target = rest.partition("/")
             flipped = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
-            for bad in (url.rsplit("/", 1)[0] + "/" + flipped, url + "x", url.rsplit("/", 1)[0] + "/"):
+            for bad in (base + kind + flipped + slash + target, url + "x", base + kind):
                 async with http.get(bad, allow_redirects=False) as r:
                     assert r.status == 404 and "Location" not in r.headers
+        # the destination is signed too: another one is refused
+        other = links[0].replace("shop.example.com", "evil.example")
+        async with http.get(other, allow_redirects=False) as r:
+            assert r.status == 404 and "Location" not in r.headers
         # an open token is not a click token and vice versa
         async with http.get(pixels[0].replace("/o/", "/c/"), allow_redirects=False) as r:
             assert r.status == 404
@@ -287,7 +305,7 @@ async def test_set_tracking_domain_and_https_policy(tmp_path: Path) -> None:
         msg = email.message_from_bytes(up.messages[0].data, policy=policy.default)
         text = "".join(p.get_content() for p in msg.walk() if p.get_content_maintype() == "text")
         assert re.search(r'src="https://click\.example\.test/o/[A-Za-z0-9_-]+"', text)
-        assert len(re.findall(r"https://click\.example\.test/c/[A-Za-z0-9_-]+", text)) == 2
+        assert len(re.findall(r"https://click\.example\.test/c/[A-Za-z0-9_-]+/https:/%2Fshop", text)) == 2
         assert "127.0.0.1" not in text
     finally:
         await relay.stop()

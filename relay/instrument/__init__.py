@@ -76,10 +76,13 @@ def personalize(
     base_url: str,
     https_policy: str,
     message_id: str,
-    recipient: str,
+    recipient_index: int,
     sent_at: float,
 ) -> bytes:
-    """One recipient's copy: pixel {base}/o/{token}, links {base}/c/{token}.
+    """One recipient's copy: pixel {base}/o/{token}, links {base}/c/{token}/{url}.
+
+    recipient_index is the recipient's position in the message's mail.destination:
+    tokens name it instead of the address (links must not reveal personal data).
 
     https_policy is SES's HttpsPolicy: REQUIRE puts both on https; REQUIRE_OPEN_ONLY
     puts the pixel on https and gives each link the scheme of its original; OPTIONAL
@@ -95,7 +98,7 @@ def personalize(
     secure = f"https://{rest}"
     open_url = None
     if prepared.has_pixel:
-        token = signer.sign_open(OpenClaim(message_id, recipient, sent_at))
+        token = signer.sign_open(OpenClaim(message_id, recipient_index, sent_at))
         open_url = f"{base if https_policy == 'OPTIONAL' else secure}/o/{token}"
     click_urls = []
     for link in prepared.links:
@@ -106,8 +109,8 @@ def personalize(
         else:
             link_base = base
         tags = {name: list(values) for name, values in link.tags.items()}
-        token = signer.sign_click(ClickClaim(message_id, recipient, sent_at, link.url, tags))
-        click_urls.append(f"{link_base}/c/{token}")
+        path = signer.sign_click(ClickClaim(message_id, recipient_index, sent_at, link.url, tags))
+        click_urls.append(f"{link_base}/c/{path}")
     return prepared.render(open_url, click_urls)
 
 

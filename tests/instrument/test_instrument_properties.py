@@ -75,7 +75,7 @@ def everything_never_raises(raw: bytes, options: TrackingOptions) -> Prepared:
         base_url="https://t.test",
         https_policy="REQUIRE",
         message_id="m",
-        recipient="r",
+        recipient_index=0,
         sent_at=0.0,
     )
     assert copy == personalize(
@@ -84,7 +84,7 @@ def everything_never_raises(raw: bytes, options: TrackingOptions) -> Prepared:
         base_url="https://t.test",
         https_policy="REQUIRE",
         message_id="m",
-        recipient="r",
+        recipient_index=0,
         sent_at=0.0,
     )
     if prepared.failure is not None or not (options.open or options.click):

@@ -1,0 +1,182 @@
+# The tracking HTTP server: /o/{token} answers the pixel, /c/{token}/{url} redirects,
+# /healthz says whether the process and its storage are usable. Answers come from the
+# signed token alone, at once; recording the Open/Click event happens after, off the
+# request path (recorder.py). The port faces the internet: connections.py guards it.
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import re
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from relay.config import Config, in_networks
+from relay.events.bus import EventBus
+from relay.limits import ConnectionLimits, connection_budget
+from relay.spool import Spool
+from relay.store import Store
+from relay.tokens import MAX_LINK_PATH, Signer
+from relay.tracking.connections import Guard, GuardedHandler
+from relay.tracking.recorder import HitRecorder
+
+# A 1x1 GIF89a whose one pixel is the transparent colour (42 bytes).
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+NO_CACHE = {
+    # Every open should reach us: forbid caching by browsers and proxies.
+    "Cache-Control": "no-store, no-cache, must-revalidate, private",
+    "Pragma": "no-cache",
+    "Expires": "Thu, 01 Jan 1970 00:00:00 GMT",
+}
+PIXEL_HEADERS = {"Content-Type": "image/gif", **NO_CACHE}
+# Every link click_link_fits() lets through must be served: its path is at most
+# MAX_LINK_PATH, plus "HEAD " and " HTTP/1.1" for the pure-Python parser, which counts
+# the whole request line (the C parser counts the target only). Header fields keep
+# aiohttp's 8190, as SES refuses more than 8 KB of headers.
+MAX_LINE_SIZE = MAX_LINK_PATH + 190
+MAX_FIELD_SIZE = 8190
+
+
+def max_connections(config: Config, nofile: int | None = None) -> int:
+    """tracking.max_connections, or (0, "auto") this listener's share of the fd limit."""
+    if config.tracking.max_connections:
+        return config.tracking.max_connections
+    if nofile is None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        nofile = soft if soft != resource.RLIM_INFINITY else 1 << 20
+    return connection_budget(nofile, upstream_connections=config.upstream.connections).http
+
+
+class TrackingServer:
+    def __init__(self, *, config: Config, signer: Signer, spool: Spool, bus: EventBus,
+                 store: Store | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._config = config
+        self._signer = signer
+        self._store = store  # only its last_error is read: /healthz runs no query
+        self._proxies = config.tracking.trusted_proxies
+        self.recorder = HitRecorder(spool=spool, bus=bus, window_seconds=config.tracking.window_days * 86400.0,
+                                    clock=clock)
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self.guard: Guard | None = None
+        self.app = web.Application()
+        # add_get also answers HEAD (RFC 9110 section 9.3.2), which handlers do not record.
+        self.app.router.add_get("/o/{token}", self.open)
+        self.app.router.add_get("/c/{rest:.+}", self.click)
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.on_shutdown.append(self._drain)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        tracking = self._config.tracking
+        handler_args: dict[str, Any] = dict(
+            access_log=None,  # no access log: URLs carry tokens
+            keepalive_timeout=tracking.keepalive_timeout,  # idle between requests
+            max_line_size=MAX_LINE_SIZE, max_field_size=MAX_FIELD_SIZE,
+        )
+        self._runner = web.AppRunner(self.app, handle_signals=False, **handler_args)
+        await self._runner.setup()
+        manager = self._runner.server
+        assert manager is not None
+        limits = ConnectionLimits(total=max_connections(self._config), per_client=tracking.max_connections_per_client)
+        guard = self.guard = Guard(limits=limits, header_timeout=tracking.header_timeout,
+                                   trusted_proxies=tracking.trusted_proxies)
+        loop = asyncio.get_running_loop()
+        # Our own listener instead of web.TCPSite, so that each connection gets the
+        # guarded protocol; the runner still owns the app's lifecycle and shutdown.
+        self._server = await loop.create_server(
+            lambda: GuardedHandler(manager, loop=loop, guard=guard, **handler_args),
+            host=tracking.listen.host, port=tracking.listen.port, reuse_address=True)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # stop accepting; the runner closes the connections
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if server is not None:
+            await server.wait_closed()
+        await self._drain()
+
+    async def _drain(self, app: web.Application | None = None) -> None:
+        await self.recorder.drain()
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        error = self._store.last_error if self._store is not None else None
+        if error:
+            # Every message gets 451 meanwhile: a load balancer should know.
+            reason = " ".join(error.split())[:200]
+            return web.Response(status=503, text=f"unavailable: storage: {reason}\n",
+                                headers={"Cache-Control": "no-store"})
+        return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
+
+    async def open(self, request: web.Request) -> web.Response:
+        claim = self._signer.verify_open(request.match_info["token"])
+        if claim is None:
+            return web.Response(status=404, text="not found\n")
+        # HEAD is a link checker or a proxy's prefetch, not someone reading: answered, not recorded.
+        if request.method == "GET":
+            self.recorder.hit(claim, self.client_ip(request), request.headers.get("User-Agent", ""))
+        return web.Response(body=PIXEL, headers=PIXEL_HEADERS)
+
+    async def click(self, request: web.Request) -> web.Response:
+        # The raw path: match_info has %2F, %3F, %25 ... decoded, but the signed URL is
+        # decoded exactly once, by the token module.
+        rest = _after_c(request.raw_path)
+        claim = self._signer.verify_click(rest) if "/" in rest else self._signer.verify_legacy_click(rest)
+        # Never an open redirect: only an http(s) URL carried in a valid token.
+        if claim is None or not claim.url.lower().startswith(("http://", "https://")):
+            return web.Response(status=404, text="not found\n")
+        if request.method == "GET":
+            self.recorder.hit(claim, self.client_ip(request), request.headers.get("User-Agent", ""))
+        # A plain Response is about twice as fast as raising HTTPFound.
+        return web.Response(status=302, headers={"Location": _location(claim.url), **NO_CACHE})
+
+    def client_ip(self, request: web.Request) -> str:
+        """The peer, or X-Forwarded-For's nearest untrusted hop when the peer is a trusted proxy."""
+        peer = request.remote or ""
+        if not self._proxies or not in_networks(peer, self._proxies):
+            return peer
+        hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not in_networks(hop, self._proxies):
+                return hop if _valid_ip(hop) else peer
+        return hops[0] if hops and _valid_ip(hops[0]) else peer
+
+
+def _after_c(raw_path: str) -> str:
+    """What follows /c/ in the request target, without a query a client or proxy added."""
+    path = raw_path.partition("?")[0]
+    if not path.startswith("/"):  # absolute-form target, as some proxies send (RFC 9112 section 3.2.2)
+        authority = path.find("//")
+        slash = path.find("/", authority + 2) if authority >= 0 else -1
+        path = path[slash:] if slash >= 0 else ""
+    return path[3:] if path.startswith("/c/") else ""
+
+
+# Location is a URI-reference (RFC 9110 section 10.2.2): a tracked href is one already,
+# and goes out as is; anything else (a space, UTF-8, CR LF) is percent-encoded.
+_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
+_URI_SAFE = "-._~:/?#[]@!$&'()*+,;=%"
+
+
+def _location(url: str) -> str:
+    return url if _URI_CHARS.fullmatch(url) else quote(url, safe=_URI_SAFE, encoding="utf-8", errors="surrogatepass")
+
+
+def _valid_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+        return True
+    except ValueError:
+        return False
