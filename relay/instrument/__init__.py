@@ -18,7 +18,6 @@ from .template import PIXEL_SLOT, Edit, Slot, build, pixel
 __all__ = ["HTTPS_POLICIES", "Prepared", "TrackedLink", "TrackingOptions", "personalize", "prepare"]
 
 
-
 @dataclass(frozen=True)
 class TrackingOptions:
     open: bool  # insert the pixel into HTML parts
@@ -63,7 +62,7 @@ def prepare(raw: bytes, options: TrackingOptions) -> Prepared:
         return Prepared(None, (), False, raw)
     try:
         return _prepare(raw, options)
-    except (MimeError, html.HtmlError) as exc:
+    except MimeError as exc:
         return Prepared(str(exc), (), False, raw)
     except Exception as exc:  # noqa: BLE001 - the contract is: any input bytes, no exception
         return Prepared(f"internal error ({type(exc).__name__})", (), False, raw)
@@ -204,27 +203,15 @@ def _html_edits(
         else:
             edits.append(Edit(href.value_start, href.end, Slot(len(links), "unquoted")))
         links.append(TrackedLink(policy.url, policy.tags))
-    # {{ses:openTracker}}: the first one becomes the pixel, the others are removed (SES
-    # rule); else the pixel goes just before the last </body>, or at the end of the
-    # document. A placeholder inside an attribute being removed goes with it.
-    placeholders = _outside(scan.placeholders, sorted(edits, key=lambda edit: edit.start))
-    for number, (start, end) in enumerate(placeholders):
+    # {{ses:openTracker}} in text content: the first one becomes the pixel, the others
+    # are removed (SES rule); else the pixel goes where the scanner says (html.HtmlScan).
+    # A placeholder inside a tag is no place for an <img>: one in a removed attribute goes
+    # with it, any other stays as written.
+    for number, (start, end) in enumerate(scan.placeholders):
         edits.append(Edit(start, end, PIXEL_SLOT if number == 0 and open_pixel else None))
-    if open_pixel and not placeholders:
-        at = scan.body_end if scan.body_end is not None else len(document.text.rstrip("\t\n\f\r "))
-        edits.append(Edit(at, at, PIXEL_SLOT))
+    if open_pixel and not scan.placeholders:
+        edits.append(Edit(scan.pixel_at, scan.pixel_at, PIXEL_SLOT))
     return edits
-
-
-def _outside(spans: Sequence[tuple[int, int]], edits: Sequence[Edit]) -> list[tuple[int, int]]:
-    """The spans that overlap no edit (both in document order, edits non-overlapping)."""
-    kept, index = [], 0
-    for start, end in spans:
-        while index < len(edits) and edits[index].end <= start:
-            index += 1
-        if index == len(edits) or end <= edits[index].start:
-            kept.append((start, end))
-    return kept
 
 
 def _text_edits(document: _Document, limit: int, links: list[TrackedLink], opted_out: set[str]) -> list[Edit]:

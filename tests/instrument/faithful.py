@@ -216,9 +216,15 @@ def _diff_html(old: str, new: str, prepared: Prepared, changes: Changes) -> None
     marked = _CLICK_RE.sub(lambda m: f"\ue000{m[1]}\ue001", marked).replace("\ue002", "")
     before, after = _outer_tokens(old), _outer_tokens(marked)
     if len(before) != len(after):  # a text run that was only placeholders vanished
-        vanished = [t for t in before if t[0] != "<" and not _PLACEHOLDER_RE.sub("", t)]
-        changes.removed += [p for t in vanished for p in _PLACEHOLDER_RE.findall(t)]
-        before = [t for t in before if t not in vanished]
+        kept: list[str] = []
+        for token in before:
+            # Text runs lie between tags, so a run that stayed is the token `after` has here
+            # (a placeholder in raw text, e.g. <title>, is kept as written).
+            if token[0] != "<" and not _PLACEHOLDER_RE.sub("", token) and after[len(kept) : len(kept) + 1] != [token]:
+                changes.removed += _PLACEHOLDER_RE.findall(token)
+            else:
+                kept.append(token)
+        before = kept
     assert len(before) == len(after), "tags added or removed"
     for old_token, new_token in zip(before, after, strict=True):
         if old_token == new_token:
