@@ -38,7 +38,7 @@ _CONTROL_RE = re.compile(
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*ses:openTracker\s*\}\}")
 _TOKEN_RE = re.compile(
     r"""\ue000\d+\ue001|\ue002
-    |[^\s<>"'=/\ue000-\ue002]+\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>"'\ue000-\ue002]*)
+    |[^\s<>"'=/\ue000-\ue002]+\s*=\s*(?:"[^"]*"|'[^']*'|\ue000\d+\ue001|[^\s>"'\ue000-\ue002]*)
     |\s+
     |[^\s<>"'=/{}\ue000-\ue002]+
     |.""",
@@ -268,8 +268,10 @@ def _check_href(old: str, new: str, prepared: Prepared) -> int:
     match = re.fullmatch(r"([\"']?)\ue000(\d+)\ue001\1", new_value)
     assert match, f"{old!r} -> {new!r}"
     quote = old_value[0] if old_value[:1] in ("'", '"') else ""
-    assert match[1] == (quote or '"'), "quoting style changed"
+    assert match[1] == quote, "quoting style changed"  # the sentinel URLs need no quotes
     index = int(match[2])
     raw_value = old_value[1:-1] if quote else old_value
-    assert html.unescape(raw_value).strip() == prepared.links[index].url
+    # The URL standard strips C0 controls and spaces at the ends, then removes tab and newline.
+    url = html.unescape(raw_value).strip("".join(map(chr, range(0x21)))).translate({9: None, 10: None, 13: None})
+    assert url == prepared.links[index].url
     return index
