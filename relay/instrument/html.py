@@ -1,7 +1,7 @@
 # Locate, in decoded HTML text, what instrumentation edits: <a>/<area> start tags with
 # the exact offsets of their attributes, where the pixel goes, and {{ses:openTracker}}
-# placeholders. A small tokenizer that follows the HTML standard's (§13.2.5) wherever it
-# decides what is markup; nothing is ever re-serialized.
+# placeholders. A small tokenizer that follows the HTML standard's (§13.2.5) wherever
+# that decides what is markup and what is text; nothing is ever re-serialized.
 from __future__ import annotations
 
 import html
