@@ -7,16 +7,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .. import tokens
 from ..config import HTTPS_POLICIES  # SES TrackingOptions.HttpsPolicy
 from ..tokens import ClickClaim, OpenClaim, Signer
 from . import html, text
-from .links import CONTROL_ATTRIBUTES, LinkPolicy, decide
+from .links import CONTROL_ATTRIBUTES, LinkPolicy, decide, has_credentials, link_origin
 from .mime import Leaf, MimeError, decode_body, trailing_whitespace, walk
 from .part import Part, part
 from .template import PIXEL_SLOT, Edit, Slot, build, pixel
 
 __all__ = ["HTTPS_POLICIES", "Prepared", "TrackedLink", "TrackingOptions", "personalize", "prepare"]
-
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class Prepared:
     failure: str | None  # why the message passes through untouched, if it does
     links: tuple[TrackedLink, ...]  # tracked links in document order across parts
     has_pixel: bool  # whether any HTML part got a pixel slot
+    # Why links stayed untracked on purpose, one human-readable line each, for the caller
+    # to log (this package does no I/O). Never a URL's path or query: they carry secrets.
+    notes: tuple[str, ...] = field(default=(), kw_only=True)
     _raw: bytes = field(default=b"", repr=False, compare=False)
     # The output as raw byte runs copied from the input and edited parts to re-encode.
     _chunks: tuple[bytes | Part, ...] = field(default=(), repr=False, compare=False)
@@ -63,7 +66,7 @@ def prepare(raw: bytes, options: TrackingOptions) -> Prepared:
         return Prepared(None, (), False, raw)
     try:
         return _prepare(raw, options)
-    except (MimeError, html.HtmlError) as exc:
+    except MimeError as exc:
         return Prepared(str(exc), (), False, raw)
     except Exception as exc:  # noqa: BLE001 - the contract is: any input bytes, no exception
         return Prepared(f"internal error ({type(exc).__name__})", (), False, raw)
@@ -142,15 +145,16 @@ def _prepare(raw: bytes, options: TrackingOptions) -> Prepared:
     opted_out = {
         policy.url for document in documents for policy in document.policies if policy.opted_out and policy.url
     }
-    limit = max(options.max_links, 0) if options.click else 0
-    links: list[TrackedLink] = []
+    links = _Links(max(options.max_links, 0)) if options.click else None
     chunks: list[bytes | Part] = []
     position = 0
     for document in documents:
         if document.scan is not None:
-            edits = _html_edits(document, document.scan, options.open, limit, links)
+            edits = _html_edits(document, document.scan, options.open, links)
+        elif links is not None:
+            edits = _text_edits(document, links, opted_out)
         else:
-            edits = _text_edits(document, limit, links, opted_out)
+            continue
         if not edits:
             continue
         try:
@@ -164,10 +168,51 @@ def _prepare(raw: bytes, options: TrackingOptions) -> Prepared:
         chunks.append(edited if edited.template.slots else edited.render(None, ()))
         position = document.leaf.body_end
     has_pixel = options.open and any(document.scan is not None for document in documents)
+    tracked, notes = (tuple(links.tracked), links.notes()) if links is not None else ((), ())
     if not chunks:
-        return Prepared(None, tuple(links), has_pixel, raw)
+        return Prepared(None, tracked, has_pixel, raw, notes=notes)
     chunks.append(raw[position:])
-    return Prepared(None, tuple(links), has_pixel, raw, tuple(chunks))
+    return Prepared(None, tracked, has_pixel, raw, tuple(chunks), notes=notes)
+
+
+@dataclass
+class _Links:
+    """The message's link decisions, in document order across parts."""
+
+    limit: int  # SES tracks at most this many links per message
+    tracked: list[TrackedLink] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # notes, in order
+    over_limit: int = 0
+
+    def track(self, url: str, tags: dict[str, list[str]]) -> int | None:
+        """The index of `url` as a tracked link, or None when it is to stay as written."""
+        refusal = _refusal(url, tags)
+        if refusal is not None:  # before the limit: an untracked link does not use it up
+            self.refused.append(refusal)
+            return None
+        if len(self.tracked) >= self.limit:
+            self.over_limit += 1
+            return None
+        self.tracked.append(TrackedLink(url, tags))
+        return len(self.tracked) - 1
+
+    def notes(self) -> tuple[str, ...]:
+        notes = list(dict.fromkeys(self.refused))  # the same link in the HTML and text parts: once
+        if self.over_limit:
+            notes.append(f"{self.over_limit} links not tracked: over the limit of {self.limit} links per message")
+        return tuple(notes)
+
+
+def _refusal(url: str, tags: dict[str, list[str]]) -> str | None:
+    """Why a valid http(s) URL is not tracked, or None when it is."""
+    if has_credentials(url):
+        # A redirect would put them in the token (signed, not encrypted) and in logs.
+        return f"link not tracked: it carries credentials ({link_origin(url)})"
+    # The token format owns the bound; a link whose tracking URL would be too long for
+    # the HTTP hops back to relay stays as written rather than broken.
+    if not tokens.click_link_fits(url, tags):
+        return f"link not tracked: {len(url)} characters is too long to track ({link_origin(url)})"
+    return None
 
 
 def _is_body_text(leaf: Leaf) -> bool:
@@ -190,52 +235,38 @@ def _policy(anchor: html.Anchor) -> LinkPolicy:
     return decide(None if href is None else href.value, [(a.name, a.value) for a in anchor.attributes])
 
 
-def _html_edits(
-    document: _Document, scan: html.HtmlScan, open_pixel: bool, limit: int, links: list[TrackedLink]
-) -> list[Edit]:
+def _html_edits(document: _Document, scan: html.HtmlScan, open_pixel: bool, links: _Links | None) -> list[Edit]:
     edits: list[Edit] = []
     for anchor, policy in zip(scan.anchors, document.policies, strict=True):
         # SES removes ses:no-track before delivery; relay removes every control
         # attribute (and the whitespace before it) from every anchor, tracked or not.
         edits.extend(Edit(a.lead, a.end, None) for a in anchor.attributes if a.name in CONTROL_ATTRIBUTES)
         href = anchor.first("href")
-        if href is None or not policy.tracked or len(links) >= limit:
+        if href is None or links is None or policy.url is None or policy.opted_out:
             continue
-        assert policy.url is not None
+        index = links.track(policy.url, policy.tags)
+        if index is None:
+            continue
         if href.quote:  # replace inside the quotes, keeping the author's quoting style
-            edits.append(Edit(href.value_start + 1, href.end - 1, Slot(len(links), href.quote)))
+            edits.append(Edit(href.value_start + 1, href.end - 1, Slot(index, href.quote)))
         else:
-            edits.append(Edit(href.value_start, href.end, Slot(len(links), "unquoted")))
-        links.append(TrackedLink(policy.url, policy.tags))
-    # {{ses:openTracker}}: the first one becomes the pixel, the others are removed (SES
-    # rule); else the pixel goes just before the last </body>, or at the end of the
-    # document. A placeholder inside an attribute being removed goes with it.
-    placeholders = _outside(scan.placeholders, sorted(edits, key=lambda edit: edit.start))
-    for number, (start, end) in enumerate(placeholders):
+            edits.append(Edit(href.value_start, href.end, Slot(index, "unquoted")))
+    # {{ses:openTracker}} in text content: the first one becomes the pixel, the others
+    # are removed (SES rule); else the pixel goes where the scanner says (html.HtmlScan).
+    # A placeholder inside a tag is no place for an <img>: one in a removed attribute goes
+    # with it, any other stays as written.
+    for number, (start, end) in enumerate(scan.placeholders):
         edits.append(Edit(start, end, PIXEL_SLOT if number == 0 and open_pixel else None))
-    if open_pixel and not placeholders:
-        at = scan.body_end if scan.body_end is not None else len(document.text.rstrip("\t\n\f\r "))
-        edits.append(Edit(at, at, PIXEL_SLOT))
+    if open_pixel and not scan.placeholders:
+        edits.append(Edit(scan.pixel_at, scan.pixel_at, PIXEL_SLOT))
     return edits
 
 
-def _outside(spans: Sequence[tuple[int, int]], edits: Sequence[Edit]) -> list[tuple[int, int]]:
-    """The spans that overlap no edit (both in document order, edits non-overlapping)."""
-    kept, index = [], 0
-    for start, end in spans:
-        while index < len(edits) and edits[index].end <= start:
-            index += 1
-        if index == len(edits) or end <= edits[index].start:
-            kept.append((start, end))
-    return kept
-
-
-def _text_edits(document: _Document, limit: int, links: list[TrackedLink], opted_out: set[str]) -> list[Edit]:
+def _text_edits(document: _Document, links: _Links, opted_out: set[str]) -> list[Edit]:
     edits: list[Edit] = []
     for start, end in document.url_spans:
         url = document.text[start:end]
-        if url in opted_out or len(links) >= limit:
+        if url in opted_out or (index := links.track(url, {})) is None:
             continue
-        edits.append(Edit(start, end, Slot(len(links), "text")))
-        links.append(TrackedLink(url, {}))
+        edits.append(Edit(start, end, Slot(index, "text")))
     return edits

@@ -1,6 +1,6 @@
-# Which links relay tracks: the RFC 3986 http(s) test, SES's `ses:no-track` /
-# `ses:tags` attributes and the other providers' per-link opt-outs, all of which are
-# stripped from instrumented mail. A URL opted out in HTML is not tracked in the
+# Which links relay tracks: the RFC 3986 http(s) test (never a URL with credentials), SES's
+# `ses:no-track` / `ses:tags` attributes and the other providers' per-link opt-outs, all of
+# which are stripped from instrumented mail. A URL opted out in HTML is not tracked in the
 # message's text parts either (applied in relay.instrument._prepare).
 from __future__ import annotations
 
@@ -21,13 +21,12 @@ _IP_LITERAL = re.compile(r"\[[0-9A-Fa-f:.]+\]")  # §3.2.2 (IPv6 / IPvFuture, lo
 _PORT = re.compile(r"[0-9]*")
 
 
-def is_trackable(url: str) -> bool:
+def is_url(url: str) -> bool:
     """True for an absolute http/https URL that is valid RFC 3986 and has a host."""
     scheme = _SCHEME.match(url)
     if scheme is None or not _URL_CHARS.fullmatch(url, scheme.end()):
         return False
-    authority = re.split(r"[/?#]", url[scheme.end() :], maxsplit=1)[0]
-    userinfo, at, hostport = authority.rpartition("@")
+    userinfo, at, hostport = _authority(url, scheme.end()).rpartition("@")
     if at and not _USERINFO.fullmatch(userinfo):
         return False
     if hostport.startswith("["):
@@ -40,6 +39,42 @@ def is_trackable(url: str) -> bool:
         if not _REG_NAME.fullmatch(host):
             return False
     return bool(_PORT.fullmatch(port))
+
+
+def has_credentials(url: str) -> bool:
+    """Whether an http(s) URL has userinfo (RFC 3986 §3.2.1), even an empty one."""
+    scheme = _SCHEME.match(url)
+    return scheme is not None and "@" in _authority(url, scheme.end())
+
+
+def is_trackable(url: str) -> bool:
+    """A valid http(s) URL without credentials: a redirect would carry them in its token
+    (which is signed, not encrypted) and in every hop's logs (RFC 3986 §7.5)."""
+    return is_url(url) and not has_credentials(url)
+
+
+def link_origin(url: str) -> str:
+    """scheme://host[:port] of an http(s) URL: what a note may say about a link (its
+    userinfo, path and query can carry secrets)."""
+    scheme = _SCHEME.match(url)
+    assert scheme is not None
+    host = _authority(url, scheme.end()).rpartition("@")[2]
+    return scheme[0].lower() + host
+
+
+def _authority(url: str, start: int) -> str:
+    return re.split(r"[/?#]", url[start:], maxsplit=1)[0]
+
+
+# URL standard, "basic URL parser": an href loses its leading and trailing C0 controls and
+# spaces, then every ASCII tab and newline ("https://x.test/a\n b" keeps its space).
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+_TAB_OR_NEWLINE = str.maketrans("", "", "\t\n\r")
+
+
+def url_from_href(href: str) -> str:
+    """The URL a browser follows for a decoded href value."""
+    return href.strip(_C0_OR_SPACE).translate(_TAB_OR_NEWLINE)
 
 
 # Per-link opt-outs: attribute name -> values that opt out (None: present = opt out).
@@ -94,12 +129,13 @@ def parse_ses_tags(value: str | None) -> dict[str, list[str]]:
 class LinkPolicy:
     """What the attributes of one <a>/<area> say about its link."""
 
-    url: str | None  # the href as a trackable URL; None when it is not one
+    url: str | None  # the href as a valid http(s) URL (is_url); None when it is not one
     tags: dict[str, list[str]]  # from ses:tags
     opted_out: bool  # ses:no-track or another provider's opt-out
 
     @property
     def tracked(self) -> bool:
+        """Worth tracking as far as the markup says (credentials and length are the engine's call)."""
         return self.url is not None and not self.opted_out
 
 
@@ -107,7 +143,5 @@ def decide(href: str | None, attributes: Iterable[tuple[str, str | None]]) -> Li
     """Policy for an anchor from its decoded href and its (name, value) attributes."""
     pairs = list(attributes)
     tags = parse_ses_tags(next((value for name, value in pairs if name == SES_TAGS), None))
-    # WHATWG URL parsing strips leading/trailing ASCII whitespace from an href, so
-    # href=" https://x.test " goes to https://x.test in every browser.
-    url = None if href is None else href.strip("\t\n\f\r ")
-    return LinkPolicy(url if url is not None and is_trackable(url) else None, tags, opts_out(pairs))
+    url = None if href is None else url_from_href(href)
+    return LinkPolicy(url if url is not None and is_url(url) else None, tags, opts_out(pairs))

@@ -15,7 +15,8 @@ class Slot:
 
     index: int | None
     # '"' or "'": inside an HTML attribute with that quote; "unquoted": an unquoted HTML
-    # attribute value, which gets double quotes; "text": plain text, written verbatim;
+    # attribute value, which stays unquoted unless the URL needs quotes; "text": plain
+    # text, written verbatim;
     # "pixel": the whole pixel <img> (nothing at all without an open URL).
     style: str
 
@@ -118,7 +119,10 @@ def _write(url: str, style: str) -> str:
     if style == "text":
         return url
     if style == "unquoted":
-        return '"' + _escape(url, '"') + '"'
+        # Keep the author's style: an unquoted value may hold anything but ASCII
+        # whitespace, quotes, '=', '<', '>' and '`' (HTML §13.1.2.3); else double quotes.
+        escaped = _escape(url, '"')
+        return escaped if _UNQUOTED_SAFE_RE.fullmatch(escaped) else f'"{escaped}"'
     return _escape(url, style)
 
 
@@ -128,6 +132,7 @@ def _escape(url: str, quote_char: str) -> str:
     return url.replace(quote_char, "&quot;" if quote_char == '"' else "&#39;")
 
 
+_UNQUOTED_SAFE_RE = re.compile(r"[^\t\n\f\r \"'=<>`]+")
 _PRINTABLE_RE = re.compile(r"[\x21-\x7e]*")
 _PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .links import is_trackable
+from .links import is_url
 
 # A URL starts with http:// or https:// not glued to a preceding ASCII word character
 # ("xhttps://" is not a link) and runs to whitespace or a character that delimits URLs
@@ -20,11 +20,11 @@ _PAIRS = {")": "(", "]": "[", "}": "{"}
 
 
 def find_urls(text: str) -> list[tuple[int, int]]:
-    """Spans (start, end) of the trackable URLs in `text`, in order."""
+    """Spans (start, end) of the http(s) URLs (links.is_url) in `text`, in order."""
     spans = []
     for match in _CANDIDATE_RE.finditer(text):
         end = _trim(text, match.start(), match.end())
-        if is_trackable(text[match.start() : end]):
+        if is_url(text[match.start() : end]):
             spans.append((match.start(), end))
     return spans
 

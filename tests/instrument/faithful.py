@@ -38,7 +38,7 @@ _CONTROL_RE = re.compile(
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*ses:openTracker\s*\}\}")
 _TOKEN_RE = re.compile(
     r"""\ue000\d+\ue001|\ue002
-    |[^\s<>"'=/\ue000-\ue002]+\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>"'\ue000-\ue002]*)
+    |[^\s<>"'=/\ue000-\ue002]+\s*=\s*(?:"[^"]*"|'[^']*'|\ue000\d+\ue001|[^\s>"'\ue000-\ue002]*)
     |\s+
     |[^\s<>"'=/{}\ue000-\ue002]+
     |.""",
@@ -216,9 +216,15 @@ def _diff_html(old: str, new: str, prepared: Prepared, changes: Changes) -> None
     marked = _CLICK_RE.sub(lambda m: f"\ue000{m[1]}\ue001", marked).replace("\ue002", "")
     before, after = _outer_tokens(old), _outer_tokens(marked)
     if len(before) != len(after):  # a text run that was only placeholders vanished
-        vanished = [t for t in before if t[0] != "<" and not _PLACEHOLDER_RE.sub("", t)]
-        changes.removed += [p for t in vanished for p in _PLACEHOLDER_RE.findall(t)]
-        before = [t for t in before if t not in vanished]
+        kept: list[str] = []
+        for token in before:
+            # Text runs lie between tags, so a run that stayed is the token `after` has here
+            # (a placeholder in raw text, e.g. <title>, is kept as written).
+            if token[0] != "<" and not _PLACEHOLDER_RE.sub("", token) and after[len(kept) : len(kept) + 1] != [token]:
+                changes.removed += _PLACEHOLDER_RE.findall(token)
+            else:
+                kept.append(token)
+        before = kept
     assert len(before) == len(after), "tags added or removed"
     for old_token, new_token in zip(before, after, strict=True):
         if old_token == new_token:
@@ -262,8 +268,10 @@ def _check_href(old: str, new: str, prepared: Prepared) -> int:
     match = re.fullmatch(r"([\"']?)\ue000(\d+)\ue001\1", new_value)
     assert match, f"{old!r} -> {new!r}"
     quote = old_value[0] if old_value[:1] in ("'", '"') else ""
-    assert match[1] == (quote or '"'), "quoting style changed"
+    assert match[1] == quote, "quoting style changed"  # the sentinel URLs need no quotes
     index = int(match[2])
     raw_value = old_value[1:-1] if quote else old_value
-    assert html.unescape(raw_value).strip() == prepared.links[index].url
+    # The URL standard strips C0 controls and spaces at the ends, then removes tab and newline.
+    url = html.unescape(raw_value).strip("".join(map(chr, range(0x21)))).translate({9: None, 10: None, 13: None})
+    assert url == prepared.links[index].url
     return index

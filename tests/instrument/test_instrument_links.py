@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.instrument.links import decide, is_trackable, opts_out, parse_ses_tags
+from relay.instrument.links import decide, is_trackable, link_origin, opts_out, parse_ses_tags
 
 
 @pytest.mark.parametrize(
@@ -11,7 +11,7 @@ from relay.instrument.links import decide, is_trackable, opts_out, parse_ses_tag
         "http://x.test",
         "https://x.test/",
         "HTTPS://X.TEST/Path",
-        "https://user:pw@x.test:8080/p?q=1#frag",
+        "https://x.test:8080/p?q=1#frag",
         "https://[2001:db8::1]:443/",
         "https://x.test/?a[]=1&a[]=2",
         "https://x.test/a%20b?q=%C3%A9",
@@ -66,6 +66,11 @@ def test_trackable(url: str) -> None:
         "https://x.test/a`b",
         "https://x.test/a|b",
         "https://x.test/\t",
+        # credentials: a redirect would carry them in the token
+        "https://user:pw@x.test:8080/p?q=1#frag",
+        "http://user@x.test",
+        "https://@x.test/",
+        "https://:@x.test/",
     ],
 )
 def test_not_trackable(url: str) -> None:
@@ -130,3 +135,32 @@ def test_decide() -> None:
     assert (opted.url, opted.tracked) == ("https://x.test/a", False)  # the URL is kept for the text-part rule
     assert not decide(None, []).tracked
     assert not decide("mailto:a@x.test", []).tracked
+
+
+@pytest.mark.parametrize(
+    ("href", "url"),
+    [
+        ("https://x.test/", "https://x.test/"),
+        (" \x00https://x.test/\x1f\x7f", None),  # DEL is not a C0 control: not stripped
+        ("\x01\x1f https://x.test/a \x0b", "https://x.test/a"),
+        ("https://x.\ttest/a\nb\rc", "https://x.test/abc"),
+        ("https://x.test/a\fb", None),  # form feed is stripped only at the ends
+        ("\fhttps://x.test/\f", "https://x.test/"),
+        ("https://x.test/a b", None),
+    ],
+)
+def test_href_is_cleaned_as_the_url_parser_does(href: str, url: str | None) -> None:
+    assert decide(href, []).url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://x.test/a?secret=1", "https://x.test"),
+        ("HTTP://user:pw@X.test:8080/a", "http://X.test:8080"),
+        ("https://[2001:db8::1]:443?q", "https://[2001:db8::1]:443"),
+        ("https://x.test#f", "https://x.test"),
+    ],
+)
+def test_origin_for_notes(url: str, origin: str) -> None:
+    assert link_origin(url) == origin

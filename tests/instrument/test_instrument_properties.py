@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import email
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.instrument import Prepared, TrackingOptions, personalize, prepare
 from relay.instrument.mime import encode_quoted_printable
+from relay.instrument.template import pixel
 from relay.tokens import Signer
 from tests.instrument.faithful import assert_faithful, render_sentinels
 
@@ -60,6 +63,19 @@ FRAGMENTS = [
     "href=",
     "<!",
     "</",
+    "<textarea>",
+    "</textarea>",
+    "<title>",
+    "<plaintext>",
+    "<svg>",
+    "</svg>",
+    "--!>",
+    "<!-->",
+    "<!--[if !mso]><!-->",
+    "<!--<![endif]-->",
+    '<a href="https://x.test/a\tb\n">',
+    '<a href="https://user:pw@c.test/">',
+    "\t",
 ]
 HTMLISH = st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=8), max_size=40).map("".join)
 
@@ -197,3 +213,110 @@ def test_random_mime_trees(entity: bytes, options: TrackingOptions) -> None:
     prepared = everything_never_raises(raw, options)
     if prepared.failure is None and (options.open or options.click):
         assert_faithful(raw, render_sentinels(prepared), prepared)
+
+
+# --- documents whose structure the generator knows: ground truth for the HTML scanner ---
+
+RAW_ELEMENTS = ["textarea", "title", "xmp", "iframe", "noembed", "noframes", "style", "script", "TextArea"]
+HIDDEN = '<a href="https://x.test/hidden">'  # inside raw text or a comment: never tracked
+INNER = st.lists(
+    st.sampled_from([*FRAGMENTS, HIDDEN, "--!>", "-- >", "--!->", "<!-->", "</TEXTAREA", "\t"]), max_size=8
+).map("".join)
+PLAIN_TEXT = st.text(alphabet="ab \n\t>=\"'&;/-!", max_size=6)
+
+
+@st.composite
+def raw_text_element(draw: st.DrawFn) -> tuple[str, str]:
+    name = draw(st.sampled_from(RAW_ELEMENTS))
+    content = draw(INNER)
+    # no appropriate end tag inside (HTML §13.2.5.11), and no script escapes (table-tested)
+    pattern = re.compile(f"</{name}|<!--" if name == "script" else f"</{name}", re.IGNORECASE)
+    while pattern.search(content):
+        content = pattern.sub("", content)
+    return "raw", f"<{name}>{content}</{name}{draw(st.sampled_from(['>', ' >', '/>', ' x=y>']))}"
+
+
+@st.composite
+def comment(draw: st.DrawFn) -> tuple[str, str]:
+    # Nothing that would end it early, and no conditional-comment syntax (regions are generated).
+    content = re.sub(r"\[(if|endif)", "", draw(INNER))
+    while re.search(r"--!?>", content) or content.startswith((">", "->")):
+        content = re.sub(r"--!?>", "", content).removeprefix(">").removeprefix("->")
+    if draw(st.booleans()):  # empty comments (HTML §13.2.5.43-44)
+        return "opaque", draw(st.sampled_from(["<!-->", "<!--->", "<!---->", "<!----!>"]))
+    return "opaque", f"<!--{content}{draw(st.sampled_from(['-->', '--!>', '--->']))}"
+
+
+def anchor(quote: str) -> tuple[str, str]:
+    return "anchor", f"<a href={quote}https://x.test/top{quote}>"
+
+
+LEAF_ITEMS = st.one_of(
+    PLAIN_TEXT.map(lambda text: ("text", text)),
+    st.sampled_from(['"', "'", ""]).map(anchor),
+    st.sampled_from(["<p>", "</p>", '<div class="x">', "</a>", "</body>", "<!DOCTYPE html>"]).map(
+        lambda tag: ("tag", tag)
+    ),
+    raw_text_element(),
+    comment(),
+)
+CONDITIONS = [
+    ("<!--[if !mso]><!-->", "<!--<![endif]-->"),
+    ("<![if !mso]>", "<![endif]>"),
+    ("<!--[if !IE]-->", "<!--<![endif]-->"),
+]
+
+
+def region(children: list[object], condition: tuple[str, str]) -> object:
+    return ("region", condition, children)
+
+
+DOCUMENT = st.recursive(
+    st.lists(LEAF_ITEMS, max_size=6),
+    lambda inner: st.lists(LEAF_ITEMS | st.builds(region, inner, st.sampled_from(CONDITIONS)), max_size=6),
+    max_leaves=20,
+)
+
+
+OPEN_URL = "https://trk.test/o/px"
+
+
+def layout(items: list, out: list[str], spans: list[tuple[int, int]], anchors: list[int]) -> None:
+    """Writes the document into `out`; records regions, raw text and comments as spans."""
+    for item in items:
+        start = sum(map(len, out))
+        if item[0] == "region":
+            _, (opening, closing), children = item
+            out.append(opening)
+            layout(children, out, spans, anchors)
+            out.append(closing)
+        else:
+            if item[0] == "anchor":
+                anchors.append(len(anchors))
+                item = ("anchor", item[1].replace("/top", f"/top{len(anchors) - 1}"))
+            out.append(item[1])
+        if item[0] in ("region", "raw", "opaque"):
+            spans.append((start, sum(map(len, out))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(DOCUMENT)
+def test_scanner_agrees_with_the_document_structure(items: list) -> None:
+    out: list[str] = []
+    spans: list[tuple[int, int]] = []
+    anchors: list[int] = []
+    layout(items, out, spans, anchors)
+    body = "".join(out)
+    raw = b"Content-Type: text/html; charset=utf-8\r\n\r\n" + body.encode()
+    # Links: exactly the live anchors, in order; nothing in raw text or comments.
+    prepared = prepare(raw, TrackingOptions(open=False, click=True))
+    assert [link.url for link in prepared.links] == [f"https://x.test/top{i}" for i in anchors]
+    assert_faithful(raw, render_sentinels(prepared), prepared)
+    # The pixel: never inside raw text, a comment or a conditional region.
+    prepared = prepare(raw, TrackingOptions(open=True, click=False))
+    payload = email.message_from_bytes(prepared.render(OPEN_URL, [])).get_payload(decode=True)
+    assert isinstance(payload, bytes)  # (quoted-printable when a line grew past 998 octets)
+    rendered = payload.decode()
+    at = rendered.index(pixel(OPEN_URL))  # the pixel is the only change: an offset in `body`
+    assert rendered.replace(pixel(OPEN_URL), "", 1) == body
+    assert not any(start < at < end for start, end in spans), (at, spans)
