@@ -148,6 +148,8 @@ class Deliverer:
                 job.prepared = await asyncio.to_thread(prepare, job.data, options)
             else:
                 job.prepared = prepare(job.data, options)
+            for note in job.prepared.notes:  # e.g. a link too long to track: left as it is
+                log.info("message %s: %s", job.message_id, note)
         prepared = job.prepared
         if prepared.failure is not None:
             if not job.rendering_reported:

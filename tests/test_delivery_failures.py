@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import email
 import json
 import time
 from datetime import datetime, timezone
@@ -228,3 +229,29 @@ async def test_a_slow_reply_to_the_final_dot_is_awaited_so_nobody_gets_two_copie
     finally:
         await stopped(env)
         await slow.stop()
+
+
+async def test_a_link_too_long_to_track_goes_out_untouched_with_a_log_line(
+        tmp_path: Path, upstream: Upstream, store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(tmp_path, upstream.port)
+    env = Env(config, SmtpUpstream(config.upstream, local_hostname="relay.test"), store)
+    long_url = "https://example.com/p?" + "&".join(f"k{n}=v{n}" for n in range(1000))[:9000]
+    global MESSAGE
+    saved = MESSAGE
+    MESSAGE = (b"From: a@example.com\r\nSubject: hi\r\nContent-Type: text/html\r\n\r\n"
+               b'<html><body><a href="' + long_url.encode() + b'">long</a>'
+               b'<a href="https://example.com/short">short</a></body></html>\r\n')
+    await running(env)
+    try:
+        with caplog.at_level("INFO", logger="relay.delivery"):
+            await env.submit(["r@example.org"])
+            await wait_for(lambda: len(upstream.messages) == 1, 10)
+        # (The part now goes quoted-printable: its one line is over 998 octets.)
+        body = email.message_from_bytes(upstream.messages[0].data).get_payload(decode=True)
+        assert isinstance(body, bytes) and long_url.encode() in body  # untouched, not broken
+        assert b"https://example.com/short" not in body  # the short one is tracked
+        assert any("too long to track" in r.getMessage() and "k1=v1" not in r.getMessage()
+                   for r in caplog.records)  # said once, without the query string
+    finally:
+        MESSAGE = saved
+        await stopped(env)
