@@ -45,8 +45,8 @@ class App:
         # link already mailed into a 404.
         secrets = list(config.tracking.secrets)
         if secrets:
-            row = await self.store.fetchone("SELECT value FROM settings WHERE key = 'token_secret'")
-            secrets += [str(row[0])] if row else []
+            generated = await self.store.get_setting("token_secret")
+            secrets += [generated] if generated is not None else []
         else:
             secrets = [await self.store.setting("token_secret", new_secret)]
         self.signer = Signer([s.encode() for s in secrets])

@@ -141,11 +141,15 @@ class Store:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    async def get_setting(self, key: str) -> str | None:
+        row = await self.fetchone("SELECT value FROM settings WHERE key = ?", (key,))
+        return str(row[0]) if row else None
+
     async def setting(self, key: str, make: Any) -> str:
         """A persistent setting, created once with make() (e.g. the token secret)."""
-        row = await self.fetchone("SELECT value FROM settings WHERE key = ?", (key,))
-        if row:
-            return str(row[0])
+        found = await self.get_setting(key)
+        if found is not None:
+            return found
         await self.write([("INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", (key, make()))])
         row = await self.fetchone("SELECT value FROM settings WHERE key = ?", (key,))
         assert row is not None
