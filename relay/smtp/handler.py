@@ -1,0 +1,156 @@
+# SMTP intake policy: the aiosmtpd handler. The session owns the protocol and its
+# limits; this handler decides who may send what to whom (clients, addresses,
+# recipients, the transaction's memory reservation) and turns the intake decision
+# into a durable spool entry before it answers "250 Ok <message-id>".
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from relay import intake
+from relay.config import Config, in_networks
+from relay.delivery import Schedule
+from relay.errors import Rejected
+from relay.events import records
+from relay.events.bus import EventBus
+from relay.limits import LogThrottle
+from relay.smtp import address
+from relay.smtp.replies import (
+    AUTH_REQUIRED,
+    BAD_RECIPIENT,
+    BAD_SENDER,
+    NO_STORAGE,
+    NOT_ALLOWED,
+    SHUTTING_DOWN,
+    TEMP_FAILURE,
+    TOO_MANY_RCPTS,
+)
+from relay.smtp.session import GROW_STEP, RelaySMTP, log_throttled, peer_ip
+from relay.spool import Job, Spool
+
+log = logging.getLogger("relay.smtp")
+
+
+class IntakeHandler:
+    def __init__(self, *, config: Config, spool: Spool, schedule: Schedule, bus: EventBus) -> None:
+        self._config = config
+        self._spool = spool
+        self._schedule = schedule
+        self._bus = bus
+        self.in_flight = 0
+        self.accepting = True
+        self._throttle = LogThrottle()  # refused addresses: one line per client per minute
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd reads commands in order from the stream, so pipelined clients
+        # work; advertise it (RFC 2920).
+        return responses[:-1] + ["250-PIPELINING"] + responses[-1:]
+
+    def _bad_address(self, peer: str, addr: str, *, recipient: bool) -> bool:
+        why = address.problem(addr, recipient=recipient)
+        if why is not None:
+            log_throttled(self._throttle, f"address:{peer}", logging.INFO, "refused %s %r from %s: %s",
+                          "recipient" if recipient else "sender", addr, peer, why)
+        return why is not None
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          addr: str, mail_options: list[str]) -> str:
+        if not self.accepting:
+            return SHUTTING_DOWN
+        peer = _peer_ip(session)
+        if not in_networks(peer, self._config.smtp.allowed_clients):
+            return NOT_ALLOWED.format(ip=peer)
+        if self._config.smtp.auth_required and not session.authenticated:
+            return AUTH_REQUIRED
+        if self._bad_address(peer, addr, recipient=False):
+            return BAD_SENDER
+        # Hold the message's memory from now on: its declared SIZE (RFC 1870), else a first
+        # slice that grows as DATA arrives. What does not fit waits (451) instead of
+        # swelling the process (smtp.max_concurrent_data_bytes).
+        if isinstance(server, RelaySMTP) and not server.reserve_data(_declared_size(mail_options)):
+            return NO_STORAGE
+        envelope.mail_from = addr
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          addr: str, rcpt_options: list[str]) -> str:
+        if self._bad_address(_peer_ip(session), addr, recipient=True):
+            return BAD_RECIPIENT
+        if len(envelope.rcpt_tos) >= self._config.smtp.max_recipients:
+            return TOO_MANY_RCPTS.format(n=self._config.smtp.max_recipients)
+        envelope.rcpt_tos.append(addr)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        # A transaction begun before shutdown is finished, not refused.
+        self.in_flight += 1
+        try:
+            return await self._accept(session, envelope)
+        finally:
+            self.in_flight -= 1
+
+    async def _accept(self, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        assert isinstance(raw, (bytes, bytearray))
+        # The envelope's references go now, so the received bytes are freed as soon as
+        # intake has built what is spooled (one whole-message copy, not two).
+        envelope.content = envelope.original_content = None
+        now = time.time()
+        now_dt = datetime.fromtimestamp(now, timezone.utc)
+        peer = _peer_ip(session)
+        rcpts = list(envelope.rcpt_tos)
+        # aiosmtpd keeps the null reverse-path as "<>"; relay uses "" (RFC 5321 §4.5.5)
+        sender = "" if envelope.mail_from in ("<>", None) else str(envelope.mail_from)
+        try:
+            accepted = intake.accept(raw, config=self._config, helo=session.host_name, peer_ip=peer,
+                                     recipients=rcpts, now=now_dt, message_id=intake.new_message_id(now))
+        except Rejected as e:
+            log.info("refused message from %s: %s", peer, e.reply)
+            return e.reply
+        del raw
+        cset = accepted.configuration_set
+        mail = records.mail_info(
+            message_id=accepted.message_id, timestamp=now_dt, source=sender,
+            destination=rcpts, header_block=accepted.header_block,
+            configuration_set=cset.name if cset else None, message_tags=accepted.tags,
+            source_ip=peer, caller_identity=_auth_user(session),
+        )
+        job = Job(message_id=accepted.message_id, accepted_at=now,
+                  configuration_set=cset.name if cset else None, mail_from=sender,
+                  mail=mail, tracked=bool(cset and (cset.tracks_opens or cset.tracks_clicks)),
+                  attempts={r: 0 for r in dict.fromkeys(rcpts)}, due=now, data=accepted.data)
+        try:
+            await self._spool.put(job)
+        except Exception:  # noqa: BLE001 - nothing is accepted that is not stored
+            log.exception("could not spool a message from %s", peer)
+            return TEMP_FAILURE
+        self._bus.publish(job.configuration_set, records.send_event(mail))
+        self._schedule.add(job)
+        log.info("accepted %s from %s: <%s> -> %d recipient(s), configuration set %s",
+                 job.message_id, peer, job.mail_from, len(rcpts), job.configuration_set or "-")
+        return f"250 Ok {job.message_id}"
+
+
+def _peer_ip(session: Session) -> str:
+    return peer_ip(session.peer)
+
+
+def _declared_size(mail_options: list[str]) -> int:
+    """The SIZE= of MAIL (aiosmtpd checked it is digits and within the limit), at least a slice."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return max(int(value), GROW_STEP)
+    return GROW_STEP
+
+
+def _auth_user(session: Session) -> str | None:
+    login = getattr(session.auth_data, "login", None)  # login_data is deprecated in aiosmtpd
+    return login.decode("utf-8", "replace") if isinstance(login, bytes) else login
