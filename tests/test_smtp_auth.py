@@ -93,3 +93,14 @@ def test_auth_config_defaults_and_validation() -> None:
                      ("auth_failure_budget", 0), ("auth_failure_window", 0)):
         with pytest.raises(ConfigError, match=f"smtp.{key}"):
             cfg.parse({"smtp": {key: bad}})
+
+
+async def test_auth_login_failures_count_too(tmp_path: Path) -> None:
+    async with running(tmp_path, auth_failure_delay=0.05, auth_max_failures_per_connection=2, **USERS) as app:
+        c = await session(app.config.smtp.listen.port)
+        async with c:
+            for expected in (INVALID, TOO_MANY):
+                assert (await c.cmd("AUTH LOGIN")).startswith("334 ")
+                assert (await c.cmd(base64.b64encode(b"app").decode())).startswith("334 ")
+                assert await c.cmd(base64.b64encode(b"wrong").decode()) == expected
+            assert await c.closed()
