@@ -1,12 +1,13 @@
-# SMTP intake policy: the aiosmtpd handler. The session owns the protocol and its
-# limits; this handler decides who may send what to whom (clients, addresses,
-# recipients, the transaction's memory reservation) and turns the intake decision
-# into a durable spool entry before it answers "250 Ok <message-id>".
+# SMTP intake: the aiosmtpd handler. The server owns the protocol; this handler
+# owns the policy (who may send, how many recipients) and turns the intake
+# decision into a durable spool entry before it answers "250 Ok <message-id>".
+# (The session in session.py adds the limits: connections, timeouts, AUTH, memory.)
 from __future__ import annotations
 
 import logging
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -17,7 +18,7 @@ from relay.errors import Rejected
 from relay.events import records
 from relay.events.bus import EventBus
 from relay.limits import LogThrottle
-from relay.smtp import address
+from relay.smtp import address as addresses
 from relay.smtp.replies import (
     AUTH_REQUIRED,
     BAD_RECIPIENT,
@@ -52,14 +53,14 @@ class IntakeHandler:
         return responses[:-1] + ["250-PIPELINING"] + responses[-1:]
 
     def _bad_address(self, peer: str, addr: str, *, recipient: bool) -> bool:
-        why = address.problem(addr, recipient=recipient)
+        why = addresses.problem(addr, recipient=recipient)
         if why is not None:
             log_throttled(self._throttle, f"address:{peer}", logging.INFO, "refused %s %r from %s: %s",
                           "recipient" if recipient else "sender", addr, peer, why)
         return why is not None
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          addr: str, mail_options: list[str]) -> str:
+                          address: str, mail_options: list[str]) -> str:
         if not self.accepting:
             return SHUTTING_DOWN
         peer = _peer_ip(session)
@@ -67,24 +68,24 @@ class IntakeHandler:
             return NOT_ALLOWED.format(ip=peer)
         if self._config.smtp.auth_required and not session.authenticated:
             return AUTH_REQUIRED
-        if self._bad_address(peer, addr, recipient=False):
+        if self._bad_address(peer, address, recipient=False):
             return BAD_SENDER
         # Hold the message's memory from now on: its declared SIZE (RFC 1870), else a first
         # slice that grows as DATA arrives. What does not fit waits (451) instead of
         # swelling the process (smtp.max_concurrent_data_bytes).
         if isinstance(server, RelaySMTP) and not server.reserve_data(_declared_size(mail_options)):
             return NO_STORAGE
-        envelope.mail_from = addr
+        envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          addr: str, rcpt_options: list[str]) -> str:
-        if self._bad_address(_peer_ip(session), addr, recipient=True):
+                          address: str, rcpt_options: list[str]) -> str:
+        if self._bad_address(_peer_ip(session), address, recipient=True):
             return BAD_RECIPIENT
         if len(envelope.rcpt_tos) >= self._config.smtp.max_recipients:
             return TOO_MANY_RCPTS.format(n=self._config.smtp.max_recipients)
-        envelope.rcpt_tos.append(addr)
+        envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
 
@@ -139,7 +140,8 @@ class IntakeHandler:
 
 
 def _peer_ip(session: Session) -> str:
-    return peer_ip(session.peer)
+    peer: Any = session.peer
+    return peer_ip(peer)
 
 
 def _declared_size(mail_options: list[str]) -> int:
