@@ -12,18 +12,18 @@ TIMEOUT_REPLY = "421 4.4.2 relay.localhost Error: timeout exceeded"
 
 
 async def test_slow_steady_data_longer_than_timeout_is_accepted(tmp_path: Path) -> None:
-    async with running(tmp_path, timeout=0.6) as app:
+    async with running(tmp_path, timeout=1.0) as app:
         c = await session(app.config.smtp.listen.port)
         async with c:
             assert (await c.cmd("MAIL FROM:<a@example.com>")).startswith("250")
             assert (await c.cmd("RCPT TO:<b@example.org>")).startswith("250")
             assert (await c.cmd("DATA")).startswith("354")
             await c.send("Subject: slow\r\n\r\n")
-            for i in range(10):  # ~2 s in all, well past the timeout, never idle that long
+            for i in range(12):  # ~2.4 s in all, well past the timeout, never idle that long
                 await asyncio.sleep(0.2)
                 await c.send(f"line {i}\r\n")
             assert (await c.cmd(".")).startswith("250")
-        assert b"line 9\r\n" in spooled(app)[0]
+        assert b"line 11\r\n" in spooled(app)[0]
 
 
 async def test_stalled_data_is_cut_with_421(tmp_path: Path) -> None:

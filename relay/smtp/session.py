@@ -1,7 +1,8 @@
-# One SMTP session: aiosmtpd's protocol with relay's limits on it. Refuses clients
-# at connect (allowed_clients, connection caps), makes the timeout an idle timeout
-# per read, reads DATA with lines ending at LF into one buffer held against a
-# shared memory budget, and slows down and cuts off AUTH guessing.
+# One SMTP session: aiosmtpd's protocol with relay's limits on it. Admission at
+# connect (allowed_clients, connection caps) is decided before a session exists;
+# the session makes the timeout an idle timeout per read, reads DATA with lines
+# ending at LF into one buffer held against a shared memory budget, and slows down
+# and cuts off AUTH guessing.
 from __future__ import annotations
 
 import asyncio
@@ -44,11 +45,25 @@ def log_throttled(throttle: LogThrottle, key: str, level: int, msg: str, *args: 
         log.log(level, msg + (f" (and {swallowed} more since the last such line)" if swallowed else ""), *args)
 
 
+def admit(shared: Shared, ip: str) -> str | None:
+    """Take a connection slot for a client: None, or the greeting that refuses it."""
+    if not in_networks(ip, shared.config.allowed_clients):
+        log_throttled(shared.throttle, f"refused:{ip}", logging.INFO,
+                      "refused a connection from %s: not in smtp.allowed_clients", ip)
+        return replies.REFUSED_CLIENT.format(ip=ip)
+    why = shared.connections.acquire(ip)
+    if why is None:
+        return None
+    log_throttled(shared.throttle, f"busy:{why}:{ip}", logging.WARNING, "refused a connection from %s: %s", ip,
+                  f"{shared.connections.per_client} connections from it already (smtp.max_connections_per_client)"
+                  if why == "per_client" else f"{shared.connections.total} connections already (smtp.max_connections)")
+    return replies.TOO_MANY_FROM_CLIENT.format(ip=ip) if why == "per_client" else replies.SERVER_BUSY
+
+
 class RelaySMTP(SMTP):
-    def __init__(self, handler: Any, shared: Shared, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, shared: Shared, *, slot: str | None = None, **kwargs: Any) -> None:
         self._shared = shared
-        self._slot: str | None = None  # the client address holding a connection slot
-        self._refused = False
+        self._slot = slot  # the client address whose connection slot this session holds
         self._reserved = 0  # DATA bytes reserved in shared.memory for this transaction
         self._last_read = 0.0
         self._processing = False  # the DATA hook is running: the client is waiting for us
@@ -56,43 +71,11 @@ class RelaySMTP(SMTP):
         self._auth_failed: bytes | None = None  # the login of a failed check, set by _check
         super().__init__(handler, authenticator=self._check, **kwargs)
 
-    # --- connect: allowed_clients and connection caps --------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None:  # not the STARTTLS re-entry
-            ip = peer_ip(transport.get_extra_info("peername"))
-            refusal = self._admit(ip)
-            if refusal is not None:
-                # A greeting that refuses, then close (RFC 5321 §3.1: 554 or 421 at connect).
-                self._refused = True
-                transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
-                transport.close()
-                return
-        super().connection_made(transport)
-
-    def _admit(self, ip: str) -> str | None:
-        shared = self._shared
-        if not in_networks(ip, shared.config.allowed_clients):
-            log_throttled(shared.throttle, f"refused:{ip}", logging.INFO,
-                          "refused a connection from %s: not in smtp.allowed_clients", ip)
-            return replies.REFUSED_CLIENT.format(ip=ip)
-        why = shared.connections.acquire(ip)
-        if why is None:
-            self._slot = ip
-            return None
-        log_throttled(shared.throttle, f"busy:{why}:{ip}", logging.WARNING,
-                      "refused a connection from %s: %s", ip,
-                      f"{shared.connections.per_client} connections from it already (smtp.max_connections_per_client)"
-                      if why == "per_client" else f"{shared.connections.total} connections already (smtp.max_connections)")
-        return replies.TOO_MANY_FROM_CLIENT.format(ip=ip) if why == "per_client" else replies.SERVER_BUSY
-
     def connection_lost(self, error: Exception | None) -> None:
         self._release_data()
         if self._slot is not None:
             self._shared.connections.release(self._slot)
             self._slot = None
-        if self._refused:
-            return  # aiosmtpd never saw this connection
         super().connection_lost(error)
 
     # --- idle timeout per read (RFC 5321 §4.5.3.2; Postfix smtpd_timeout) -------------
