@@ -116,3 +116,17 @@ def test_data_budget_config() -> None:
     assert cfg.parse({"smtp": {"max_message_size": 2048}}).smtp.max_concurrent_data_bytes == 4 * 2048
     with pytest.raises(ConfigError, match="smtp.max_concurrent_data_bytes"):
         cfg.parse({"smtp": {"max_message_size": 2048, "max_concurrent_data_bytes": 2047}})
+
+
+async def test_the_budget_s_last_bytes_are_usable(tmp_path: Path) -> None:
+    async with running(tmp_path, **LIMITS) as app:
+        port = app.config.smtp.listen.port
+        a, b = await session(port), await session(port)
+        try:
+            assert (await mail(a, 60_000)).startswith("250")
+            assert (await mail(b)).startswith("250")
+            body = b"Subject: fits\r\n\r\n" + (b"z" * 76 + b"\r\n") * 500  # ~39 KB of the 40 KB free
+            assert (await send_data(b, body)).startswith("250")
+        finally:
+            await a.close()
+            await b.close()

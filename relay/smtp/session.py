@@ -108,11 +108,12 @@ class RelaySMTP(SMTP):
     def _grow(self, needed: int) -> bool:
         if needed <= self._reserved:
             return True
-        more = max(needed - self._reserved, GROW_STEP)
-        if not self._shared.memory.reserve(more):
-            return False
-        self._reserved += more
-        return True
+        # A whole slice if it fits, else just what is needed (the budget's last bytes).
+        for more in (max(needed - self._reserved, GROW_STEP), needed - self._reserved):
+            if self._shared.memory.reserve(more):
+                self._reserved += more
+                return True
+        return False
 
     def _release_data(self) -> None:
         if self._reserved:
