@@ -96,3 +96,23 @@ async def _submit_when_ready(port: int) -> str:
             return await submit(port, MESSAGE)
         except Exception:  # noqa: BLE001 - the backlog drains first; bounded by the caller
             await asyncio.sleep(0.2)
+
+
+async def test_connection_cap_derived_from_the_open_files_limit(tmp_path: Path) -> None:
+    # 64 descriptors: limits.connection_budget gives SMTP its floor of 10 connections.
+    relay = LimitedRelay(tmp_path, 64, 64)
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        await relay.start()
+        await wait_for(lambda: "at most 10 connections" in relay.output(), 5)
+        for i in range(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.smtp_port, local_addr=(f"127.0.0.{i + 1}", 0))
+            held.append((reader, writer))
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220")
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.smtp_port, local_addr=("127.0.0.20", 0))
+        held.append((reader, writer))
+        assert await asyncio.wait_for(reader.read(), 10) == b"421 4.7.0 Server busy, too many connections\r\n"
+    finally:
+        for _, writer in held:
+            writer.close()
+        await relay.stop()
