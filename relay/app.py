@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import time
+from typing import Any
 
 from relay.config import Config
 from relay.config import warnings as config_warnings
@@ -16,6 +18,7 @@ from relay.events.bus import Destination, EventBus
 from relay.events.file import FileDestination
 from relay.events.sqlite import SqliteDestination
 from relay.events.webhook import WebhookDestination
+from relay.limits import LogThrottle
 from relay.smtp import IntakeHandler, SmtpServer
 from relay.spool import Spool
 from relay.store import Store, new_secret
@@ -120,7 +123,56 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (every connection is a descriptor)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:  # e.g. an unlimited hard limit the kernel caps lower
+            log.warning("relay: could not raise the open files limit from %d to %d: %s", soft, hard, e)
+    return soft
+
+
+ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message, Python 3.11-3.13
+RETRY_AFTER_CLOSE = "Exception in callback BaseSelectorEventLoop._start_serving("
+
+
+def exception_handler(throttle: LogThrottle) -> Any:
+    """A loop exception handler that logs accept() failures once per interval, not per attempt.
+
+    Out of descriptors, asyncio retries accept() up to the backlog times per wake-up
+    and logs a traceback for each (hundreds of thousands of lines a minute); one line
+    per listener per interval says the same. Everything else goes to the default handler.
+    """
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", ""))
+        if message.startswith(RETRY_AFTER_CLOSE) and isinstance(context.get("exception"), (OSError, ValueError)):
+            # A retry asyncio scheduled after such a failure, run once the listener was closed.
+            log.debug("relay: accept retry after the listener closed: %s", context.get("exception"))
+            return
+        if message != ACCEPT_FAILED:
+            loop.default_exception_handler(context)
+            return
+        sock = context.get("socket")
+        try:
+            where = "%s:%s" % sock.getsockname()[:2] if sock is not None else "?"
+        except OSError:
+            where = "?"
+        key = f"accept:{where}"
+        swallowed = throttle.suppressed(key)
+        if throttle.should_log(key):
+            log.error("relay: cannot accept connections on %s: %s (out of file descriptors or memory; "
+                      "%d more such failures since the last line; retrying)",
+                      where, context.get("exception"), swallowed)
+    return handle
+
+
 async def serve(config: Config) -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(exception_handler(LogThrottle(60.0)))
+    log.info("relay: open files limit %d", raise_open_files_limit())
     app = App(config)
     try:
         await app.start()
@@ -130,7 +182,6 @@ async def serve(config: Config) -> None:
     print(f"relay: SMTP listening on {config.smtp.listen}; tracking on {config.tracking.listen}; "
           f"upstream {config.upstream.safe_url}", flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:

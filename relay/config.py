@@ -54,6 +54,17 @@ class SmtpConfig:
     auth_required: bool = False  # MAIL without AUTH gets 530
     tls_cert: str | None = None  # STARTTLS; with it, AUTH is offered only after STARTTLS
     tls_key: str | None = None
+    # Connection caps (Postfix process_limit, smtpd_client_connection_count_limit).
+    max_connections: int = 0  # 0: from the open-files limit at start (limits.connection_budget)
+    max_connections_per_client: int = DEFAULT_PER_CLIENT
+    timeout: float = 300.0  # idle seconds per read, DATA included (RFC 5321 §4.5.3.2)
+    # AUTH against guessing (Postfix smtpd_error_sleep_time, smtpd_hard_error_limit).
+    auth_failure_delay: float = 1.0
+    auth_max_failures_per_connection: int = 3
+    auth_failure_budget: int = 10  # failures per client address per auth_failure_window
+    auth_failure_window: float = 600.0
+    # DATA bytes held in memory at once, all sessions together (default 4 x max_message_size).
+    max_concurrent_data_bytes: int = 4 * 40 * 1024 * 1024
 
     @property
     def auth_enabled(self) -> bool:
@@ -275,10 +286,12 @@ class _Reader:
             self.fail(key, f"an integer >= {minimum}", v)
         return v
 
-    def number(self, t: Mapping[str, Any], key: str, default: float) -> float:
+    def number(self, t: Mapping[str, Any], key: str, default: float, *, minimum: float | None = None) -> float:
+        """A number > 0, or >= minimum when one is given."""
         v = t.get(key.rsplit(".", 1)[-1], default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            self.fail(key, "a number > 0", v)
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and (v > 0 if minimum is None else v >= minimum)
+        if not ok:
+            self.fail(key, "a number > 0" if minimum is None else f"a number >= {minimum:g}", v)
         return float(v)
 
     def listen(self, t: Mapping[str, Any], key: str, default: Listen) -> Listen:
@@ -320,7 +333,9 @@ def _smtp(r: _Reader, t: dict[str, Any]) -> SmtpConfig:
     r.no_unknown(t, "smtp", {"listen", "hostname", "max_message_size", "max_recipients",
                              "config_set_header", "tags_header", "default_configuration_set",
                              "allowed_clients", "users", "accept_any_auth", "auth_required",
-                             "tls_cert", "tls_key"})
+                             "tls_cert", "tls_key", "max_connections", "max_connections_per_client",
+                             "timeout", "auth_failure_delay", "auth_max_failures_per_connection",
+                             "auth_failure_budget", "auth_failure_window", "max_concurrent_data_bytes"})
     d = SmtpConfig()
     header_re = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field-name: printable ASCII but ':'
     cs_header = r.string(t, "smtp.config_set_header", d.config_set_header)
@@ -344,12 +359,25 @@ def _smtp(r: _Reader, t: dict[str, Any]) -> SmtpConfig:
     for key, path in (("smtp.tls_cert", tls_cert), ("smtp.tls_key", tls_key)):
         if path is not None and not Path(path).is_file():
             r.fail(key, "a readable PEM file", path)
+    max_message_size = r.integer(t, "smtp.max_message_size", d.max_message_size, minimum=1024)
+    # At least one message of the largest size must fit.
+    data_budget = r.integer(t, "smtp.max_concurrent_data_bytes", 4 * max_message_size, minimum=max_message_size)
     return SmtpConfig(
         users=dict(users), accept_any_auth=accept_any, auth_required=auth_required,
         tls_cert=tls_cert, tls_key=tls_key,
         listen=r.listen(t, "smtp.listen", d.listen),
         hostname=hostname,
-        max_message_size=r.integer(t, "smtp.max_message_size", d.max_message_size, minimum=1024),
+        max_message_size=max_message_size,
+        max_concurrent_data_bytes=data_budget,
+        max_connections=r.integer(t, "smtp.max_connections", d.max_connections, minimum=0),
+        max_connections_per_client=r.integer(t, "smtp.max_connections_per_client",
+                                             d.max_connections_per_client),
+        timeout=r.number(t, "smtp.timeout", d.timeout),
+        auth_failure_delay=r.number(t, "smtp.auth_failure_delay", d.auth_failure_delay, minimum=0.0),
+        auth_max_failures_per_connection=r.integer(t, "smtp.auth_max_failures_per_connection",
+                                                   d.auth_max_failures_per_connection),
+        auth_failure_budget=r.integer(t, "smtp.auth_failure_budget", d.auth_failure_budget),
+        auth_failure_window=r.number(t, "smtp.auth_failure_window", d.auth_failure_window),
         max_recipients=r.integer(t, "smtp.max_recipients", d.max_recipients),
         config_set_header=cs_header,
         tags_header=tags_header,

@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
+from typing import cast
 
 from relay.config import Config, ConfigurationSet
 from relay.errors import Rejected
@@ -74,11 +75,16 @@ def received_header(*, hostname: str, helo: str | None, peer_ip: str, message_id
     return line.encode("utf-8", "replace")
 
 
-def accept(data: bytes, *, config: Config, helo: str | None, peer_ip: str, recipients: list[str],
+def accept(data: bytes | bytearray, *, config: Config, helo: str | None, peer_ip: str, recipients: list[str],
            now: datetime, message_id: str | None = None) -> Accepted:
-    """Decide what to do with a message received after DATA; raises Rejected with the reply."""
+    """Decide what to do with a message received after DATA; raises Rejected with the reply.
+
+    `data` is only read: what is spooled is built in one copy (a 40 MB message must not
+    cost several times that in memory).
+    """
     smtp = config.smtp
-    block, body_at = split_header_block(data)
+    block, body_at = split_header_block(cast(bytes, data))  # it only searches and slices: any buffer
+    block = bytes(block)
     fields = header_fields(block)
     cs_name = smtp.config_set_header.lower()
     tags_name = smtp.tags_header.lower()
@@ -113,6 +119,6 @@ def accept(data: bytes, *, config: Config, helo: str | None, peer_ip: str, recip
                             message_id=mid, recipients=recipients, now=now)
     if b"\r\n" not in block and b"\n" in data:
         trace = trace.replace(b"\r\n", b"\n")  # keep the message's own line endings
-    out = trace + bytes(kept) + data[len(block):]
+    out = b"".join((trace, kept, memoryview(data)[len(block):]))  # no slice copy of the body
     return Accepted(message_id=mid, configuration_set=cset, tags=tags,
                     header_block=block, data=out)

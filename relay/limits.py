@@ -96,3 +96,24 @@ def connection_budget(nofile: int, *, upstream_connections: int) -> Budget:
     free = max(nofile - 64 - 2 * upstream_connections, 40)
     smtp = max(free // 4, 10)
     return Budget(smtp=smtp, http=max(free - smtp, 10))
+
+
+class MemoryBudget:
+    """Bytes that may be held at once across sessions; a reservation that does not fit is refused."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+
+    def reserve(self, n: int) -> bool:
+        if self.used + n > self.total:
+            return False
+        self.used += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+    @property
+    def free(self) -> int:
+        return self.total - self.used

@@ -1,7 +1,7 @@
 # The listeners' limit bookkeeping (pure): caps, throttled logging, fd budget.
 from __future__ import annotations
 
-from relay.limits import ConnectionLimits, LogThrottle, connection_budget
+from relay.limits import ConnectionLimits, LogThrottle, MemoryBudget, connection_budget
 
 
 def test_per_client_and_total_caps() -> None:
@@ -49,3 +49,13 @@ def test_budget_leaves_room_and_gives_http_the_larger_share() -> None:
     assert b.http > b.smtp >= 10
     tiny = connection_budget(50, upstream_connections=4)
     assert tiny.smtp >= 10 and tiny.http >= 10
+
+
+def test_memory_budget_refuses_what_does_not_fit() -> None:
+    budget = MemoryBudget(100)
+    assert budget.reserve(60) and not budget.reserve(41) and budget.reserve(40)
+    assert budget.free == 0
+    budget.release(60)
+    assert budget.free == 60 and budget.reserve(60)
+    budget.release(1000)  # never below zero
+    assert budget.used == 0

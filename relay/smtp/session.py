@@ -1,0 +1,250 @@
+# One SMTP session: aiosmtpd's protocol with relay's limits on it. Admission at
+# connect (allowed_clients, connection caps) is decided before a session exists;
+# the session makes the timeout an idle timeout per read, reads DATA with lines
+# ending at LF into one buffer held against a shared memory budget, and slows down
+# and cuts off AUTH guessing.
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
+
+from relay.config import SmtpConfig, in_networks
+from relay.limits import ConnectionLimits, LogThrottle, MemoryBudget
+from relay.smtp import replies
+from relay.smtp.auth import Authenticator, FailureBudget
+
+log = logging.getLogger("relay.smtp")
+
+GROW_STEP = 16 * 1024  # DATA memory is reserved in slices of this size as it arrives
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shared:
+    """What the sessions of one listener share: the limits and their bookkeeping."""
+
+    config: SmtpConfig
+    connections: ConnectionLimits
+    memory: MemoryBudget
+    authenticator: Authenticator
+    auth_failures: FailureBudget
+    throttle: LogThrottle  # one log line per client and kind per interval
+
+
+def peer_ip(peer: Any) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+def log_throttled(throttle: LogThrottle, key: str, level: int, msg: str, *args: Any) -> None:
+    """Log msg at most once per interval per key, saying how many were swallowed."""
+    swallowed = throttle.suppressed(key)
+    if throttle.should_log(key):
+        log.log(level, msg + (f" (and {swallowed} more since the last such line)" if swallowed else ""), *args)
+
+
+def admit(shared: Shared, ip: str) -> str | None:
+    """Take a connection slot for a client: None, or the greeting that refuses it."""
+    if not in_networks(ip, shared.config.allowed_clients):
+        log_throttled(shared.throttle, f"refused:{ip}", logging.INFO,
+                      "refused a connection from %s: not in smtp.allowed_clients", ip)
+        return replies.REFUSED_CLIENT.format(ip=ip)
+    why = shared.connections.acquire(ip)
+    if why is None:
+        return None
+    log_throttled(shared.throttle, f"busy:{why}:{ip}", logging.WARNING, "refused a connection from %s: %s", ip,
+                  f"{shared.connections.per_client} connections from it already (smtp.max_connections_per_client)"
+                  if why == "per_client" else f"{shared.connections.total} connections already (smtp.max_connections)")
+    return replies.TOO_MANY_FROM_CLIENT.format(ip=ip) if why == "per_client" else replies.SERVER_BUSY
+
+
+class RelaySMTP(SMTP):
+    def __init__(self, handler: Any, shared: Shared, *, slot: str | None = None, **kwargs: Any) -> None:
+        self._shared = shared
+        self._slot = slot  # the client address whose connection slot this session holds
+        self._reserved = 0  # DATA bytes reserved in shared.memory for this transaction
+        self._last_read = 0.0
+        self._processing = False  # the DATA hook is running: the client is waiting for us
+        self._auth_failures = 0
+        self._auth_failed: bytes | None = None  # the login of a failed check, set by _check
+        super().__init__(handler, authenticator=self._check, **kwargs)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._release_data()
+        if self._slot is not None:
+            self._shared.connections.release(self._slot)
+            self._slot = None
+        super().connection_lost(error)
+
+    # --- idle timeout per read (RFC 5321 §4.5.3.2; Postfix smtpd_timeout) -------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        self._last_read = self.loop.time()
+        super()._reset_timeout(duration)
+
+    def _timeout_cb(self) -> None:
+        idle = self.loop.time() - self._last_read
+        if self._processing or idle < self._timeout_duration:
+            # Data arrived since the timer was set, or we are the slow side: wait on.
+            wait = self._timeout_duration - (0.0 if self._processing else idle)
+            self._timeout_handle = self.loop.call_later(wait, self._timeout_cb)
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(replies.TIMEOUT.format(host=self.hostname).encode() + b"\r\n")  # type: ignore[attr-defined]
+        super()._timeout_cb()
+
+    # --- the transaction's DATA memory -----------------------------------------------
+
+    def reserve_data(self, size: int) -> bool:
+        """Reserve memory for a new transaction's DATA (called by the handler at MAIL)."""
+        self._release_data()
+        if not self._shared.memory.reserve(size):
+            return False
+        self._reserved = size
+        return True
+
+    def _grow(self, needed: int) -> bool:
+        if needed <= self._reserved:
+            return True
+        # A whole slice if it fits, else just what is needed (the budget's last bytes).
+        for more in (max(needed - self._reserved, GROW_STEP), needed - self._reserved):
+            if self._shared.memory.reserve(more):
+                self._reserved += more
+                return True
+        return False
+
+    def _release_data(self) -> None:
+        if self._reserved:
+            self._shared.memory.release(self._reserved)
+            self._reserved = 0
+
+    def _set_post_data_state(self) -> None:
+        # DATA done (either way), RSET, HELO/EHLO and STARTTLS all come through here.
+        self._release_data()
+        super()._set_post_data_state()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push(replies.DATA_GO_AHEAD)
+        content, refusal = await self._read_data()
+        if refusal is not None:
+            # Replied only after the end of data (RFC 5321 §4.2.5), as aiosmtpd does.
+            self._set_post_data_state()
+            await self.push(refusal)
+            return
+        self.envelope.content = self.envelope.original_content = content  # type: ignore[assignment]
+        del content  # the handler may drop the envelope's reference early (memory)
+        self._processing = True
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self._processing = False
+            self._last_read = self.loop.time()
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self) -> tuple[bytearray, str | None]:
+        """The message, dot-unstuffed, in one buffer; or a refusal once the data has ended.
+
+        Lines end at LF: a bare-LF line is a line (RFC 5321 §4.5.3.1.6's 1000 octets apply
+        to it), not part of one long line. The end of data and the transparency dot
+        (§4.5.2) are recognised only after CRLF, as before: taking "\\n.\\n" for the end
+        would open the door to SMTP smuggling (CVE-2023-51764).
+        """
+        reader = self._reader
+        buf = bytearray()
+        refusal: str | None = None
+        total = 0
+        limit = self.data_size_limit
+        after_crlf = True  # at the start of a line that follows CRLF (or of the data)
+        last = b""  # the last byte read, for a CRLF split by LimitOverrunError
+        while True:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as e:
+                # No LF within line_length_limit octets: drain the long line piece by piece.
+                line = await reader.read(e.consumed)
+                refusal = refusal or replies.LINE_TOO_LONG
+            except asyncio.IncompleteReadError as e:
+                raise ConnectionResetError("connection closed during DATA") from e
+            self._last_read = self.loop.time()
+            if after_crlf and line == b".\r\n":
+                break
+            total += len(line)
+            if refusal is None:
+                if limit and total > limit:
+                    refusal = replies.TOO_MUCH_DATA
+                elif len(line) > self.line_length_limit:
+                    refusal = replies.LINE_TOO_LONG
+                elif not self._grow(total):
+                    refusal = replies.NO_STORAGE
+                if refusal is not None:
+                    buf = bytearray()  # keep reading to the end, holding nothing
+                    self._release_data()
+                elif after_crlf and line[:1] == b".":
+                    buf += memoryview(line)[1:]
+                else:
+                    buf += line
+            after_crlf = line.endswith(b"\r\n") or (line == b"\n" and last == b"\r")
+            last = line[-1:]
+        if refusal == replies.NO_STORAGE:
+            log_throttled(self._shared.throttle, "no-storage", logging.WARNING,
+                          "refused DATA: smtp.max_concurrent_data_bytes (%d) is in use", self._shared.memory.total)
+        return buf, refusal
+
+    # --- AUTH: no oracle, no guessing at speed (RFC 4954; Postfix smtpd_error_sleep_time) ---
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        assert self.session is not None and self.envelope is not None
+        shared = self._shared
+        ip = peer_ip(self.session.peer)
+        if not in_networks(ip, shared.config.allowed_clients):  # refused at connect; kept as a second lock
+            await self.push(replies.NOT_ALLOWED.format(ip=ip))
+            return
+        if self.envelope.mail_from is not None:
+            await self.push(replies.AUTH_IN_TRANSACTION)
+            return
+        if shared.auth_failures.exhausted(ip):
+            await self._goodbye(replies.AUTH_TOO_MANY)
+            return
+        self._auth_failed = None
+        await super().smtp_AUTH(arg)
+        login, self._auth_failed = self._auth_failed, None
+        if login is None:
+            return
+        self._auth_failures += 1
+        spent = shared.auth_failures.record(ip)
+        who = repr(login.decode("utf-8", "replace")) if shared.authenticator.knows(login) else "an unknown user"
+        log_throttled(shared.throttle, f"auth:{ip}", logging.WARNING, "AUTH failed from %s for %s", ip, who)
+        await asyncio.sleep(shared.config.auth_failure_delay)
+        if spent or self._auth_failures >= shared.config.auth_max_failures_per_connection:
+            await self._goodbye(replies.AUTH_TOO_MANY)
+        else:
+            await self.push(replies.AUTH_INVALID)
+
+    def _check(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+               auth_data: Any) -> AuthResult:
+        login, password = getattr(auth_data, "login", None), getattr(auth_data, "password", None)
+        if not isinstance(login, bytes) or not isinstance(password, bytes):
+            return AuthResult(success=False, handled=False)
+        if self._shared.authenticator.verify(login, password):
+            return AuthResult(success=True, handled=False, auth_data=auth_data)
+        self._auth_failed = login
+        return AuthResult(success=False, handled=True)  # smtp_AUTH answers, after the delay
+
+    async def _goodbye(self, reply: str) -> None:
+        await self.push(reply)
+        if self.transport is not None:
+            self.transport.close()
