@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -121,8 +122,10 @@ class RelayProcess:
     """`relay serve` as a subprocess, on ports of its own."""
 
     def __init__(self, tmp: Path, config_body: str, *, smtp_port: int | None = None,
-                 http_port: int | None = None, upstream_url: str | None = None) -> None:
+                 http_port: int | None = None, upstream_url: str | None = None,
+                 nofile: tuple[int, int] | None = None) -> None:
         self.tmp = tmp
+        self.nofile = nofile  # RLIMIT_NOFILE (soft, hard) for the child, as `ulimit -n` would set
         self.smtp_port = smtp_port or free_port()
         self.http_port = http_port or free_port()
         self.db = tmp / "relay.db"
@@ -141,9 +144,11 @@ class RelayProcess:
     async def start(self) -> "RelayProcess":
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._logf = open(self.log, "ab")
+        nofile = self.nofile
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config_path)],
-            cwd=self.tmp, stdout=self._logf, stderr=subprocess.STDOUT, env=env)
+            cwd=self.tmp, stdout=self._logf, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None)
         try:
             await wait_for(lambda: self.proc.poll() is not None or (port_open(self.smtp_port) and port_open(self.http_port)), 20)
         except AssertionError:

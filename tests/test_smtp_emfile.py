@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import resource
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support import RelayProcess, port_open, wait_for
+from tests.support import RelayProcess, wait_for
 from tests.test_serve import MESSAGE, PLAIN_SET, submit
 
 
@@ -20,23 +16,9 @@ class LimitedRelay(RelayProcess):
     """`relay serve` started under RLIMIT_NOFILE = (soft, hard)."""
 
     def __init__(self, tmp: Path, soft: int, hard: int, smtp_keys: str = "") -> None:
-        super().__init__(tmp, PLAIN_SET, upstream_url="maildir:outbox")
-        self._nofile = (soft, hard)
+        super().__init__(tmp, PLAIN_SET, upstream_url="maildir:outbox", nofile=(soft, hard))
         self.config_path.write_text(self.config_path.read_text().replace(
             'hostname = "relay.test"\n', 'hostname = "relay.test"\n' + smtp_keys))
-
-    async def start(self) -> "LimitedRelay":
-        nofile = self._nofile
-        self._logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config_path)],
-            cwd=self.tmp, stdout=self._logf, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile))
-        await wait_for(lambda: self.proc is None or self.proc.poll() is not None
-                       or (port_open(self.smtp_port) and port_open(self.http_port)), 20)
-        if self.proc.poll() is not None:
-            raise AssertionError(f"relay exited at start: {self.output()}")
-        return self
 
 
 def open_files_limit(pid: int) -> tuple[int, int]:

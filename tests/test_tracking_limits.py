@@ -199,10 +199,10 @@ async def test_idle_connections_at_the_fd_limit_starve_neither_health_nor_intake
     """`relay serve` under ulimit -n 256: 1,100 idle connections from one address, then
     more idle ones from several, than its share of descriptors (the "auto" total)."""
     up = await Upstream().start()
-    relay = RelayProcess(tmp_path, TRACKED, upstream_url=f"smtp://127.0.0.1:{up.port}")
+    # Soft and hard at 256: relay serve raises its soft limit to the hard one, as it should.
+    relay = RelayProcess(tmp_path, TRACKED, upstream_url=f"smtp://127.0.0.1:{up.port}", nofile=(256, 256))
     relay.config_path.write_text(relay.config_path.read_text().replace(
         "[tracking]\n", "[tracking]\nheader_timeout = 5\n", 1))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     writers: list[asyncio.StreamWriter] = []
 
     async def idle(count: int, sources: list[str]) -> None:
@@ -220,11 +220,7 @@ async def test_idle_connections_at_the_fd_limit_starve_neither_health_nor_intake
         return 0
 
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the child only
-        try:
-            await relay.start()
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        await relay.start()
         await idle(1100, ["127.0.0.2"])  # one client: held to max_connections_per_client
         assert await health() == 200
         reply = await submit(relay.smtp_port, HTML_MESSAGE, sender="news@example.com", rcpts=RCPTS[:1])
