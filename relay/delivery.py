@@ -29,16 +29,31 @@ log = logging.getLogger("relay.delivery")
 
 
 class Schedule:
-    """Jobs ordered by due time; workers wait for the earliest one to come due."""
+    """Jobs ordered by due time; workers wait for the earliest one to come due.
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    A waiting job keeps its body in memory (so a fresh message is sent without reading
+    it back) only while all waiting bodies together stay under `max_held_bytes`; beyond
+    that the body is dropped and reloaded from the spool when due, so a backlog (a slow
+    or unreachable upstream) costs disk, not RAM.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time, *,
+                 max_held_bytes: int = 64 * 1024 * 1024) -> None:
         self._heap: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
         self._changed = asyncio.Event()
         self._clock = clock
+        self._max_held = max_held_bytes
+        self.held_bytes = 0
         self.closed = False
 
     def add(self, job: Job) -> None:
+        if job.data is not None:
+            if self.held_bytes + len(job.data) > self._max_held:
+                job.data = None  # it is in the spool
+                job.prepared = None
+            else:
+                self.held_bytes += len(job.data)
         heapq.heappush(self._heap, (job.due, next(self._seq), job))
         self._changed.set()
 
@@ -47,7 +62,10 @@ class Schedule:
         while not self.closed:
             now = self._clock()
             if self._heap and self._heap[0][0] <= now:
-                return heapq.heappop(self._heap)[2]
+                job = heapq.heappop(self._heap)[2]
+                if job.data is not None:
+                    self.held_bytes -= len(job.data)
+                return job
             wait = self._heap[0][0] - now if self._heap else None
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -109,12 +127,12 @@ class Deliverer:
                 self._schedule.add(job)
 
     async def attempt(self, job: Job) -> None:
-        if job.replies is None:
+        if job.data is None:  # a DSN quotes the headers, so recording needs it too
+            job.data = await self._spool.load_data(job.message_id)
             if job.data is None:
-                job.data = await self._spool.load_data(job.message_id)
-                if job.data is None:
-                    log.error("message %s has pending recipients but no data; dropping them", job.message_id)
-                    return
+                log.error("message %s has pending recipients but no data; dropping them", job.message_id)
+                return
+        if job.replies is None:
             recipients = list(job.attempts)
             try:
                 job.replies = await self._send(job, recipients)

@@ -255,3 +255,24 @@ async def test_a_link_too_long_to_track_goes_out_untouched_with_a_log_line(
     finally:
         MESSAGE = saved
         await stopped(env)
+
+
+async def test_bodies_not_held_in_memory_are_read_back_from_the_spool(
+        tmp_path: Path, upstream: Upstream, store: Store) -> None:
+    config = make_config(tmp_path, upstream.port, max_delivery_seconds=1.0)
+    upstream.handler.rcpt_replies["gone@example.org"] = "550 5.1.1 no such user"
+    env = Env(config, SmtpUpstream(config.upstream, local_hostname="relay.test"), store)
+    env.schedule = Schedule(max_held_bytes=0)  # a backlog: nothing is kept in memory
+    env.deliverer = Deliverer(config=config, spool=env.spool, upstream=env.upstream, bus=env.bus,
+                              signer=Signer([b"test-secret-0123456789"]), schedule=env.schedule)
+    await running(env)
+    try:
+        mid = await env.submit(["ok@example.org", "gone@example.org"], tracked=False)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "pending" in (await env.states(mid)).values():
+            await asyncio.sleep(0.05)
+        assert await env.states(mid) == {"ok@example.org": "delivered", "gone@example.org": "bounced"}
+        await wait_for(lambda: any(m.mail_from == "<>" for m in upstream.messages), 5)  # the DSN too
+        assert env.schedule.held_bytes == 0
+    finally:
+        await stopped(env)
