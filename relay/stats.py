@@ -1,0 +1,137 @@
+# The read side: sending statistics, events and per-recipient timelines, shared by the
+# CLI (`relay stats|events|messages|message`), the admin API and the dashboard. Period
+# parsing, bucketing and rates are pure; the queries themselves live in the store
+# (relay.store.Reader), so a PostgreSQL backend only has to provide that interface.
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Sequence
+
+from relay.events.records import EVENT_TYPE_KEYS, iso
+
+# The `counts` keys, in SES's v1/config spelling (matching_event_types).
+COUNT_KEYS = tuple(EVENT_TYPE_KEYS.values())
+NO_SET = ""  # configuration_set filter value for mail sent without a configuration set
+DEFAULT_PERIOD = timedelta(days=7)
+_RELATIVE = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class PeriodError(ValueError):
+    """A --since/--until value that is neither relative (7d, 24h, 30m, 2w) nor ISO-8601."""
+
+
+@dataclass(frozen=True)
+class Period:
+    since: datetime  # inclusive, tz-aware UTC
+    until: datetime  # exclusive, tz-aware UTC
+
+
+def parse_time(value: str, *, now: datetime) -> datetime:
+    """'7d' / '24h' / '30m' / '2w' before now, or an ISO-8601 date or time (UTC if no zone)."""
+    value = value.strip()
+    m = _RELATIVE.match(value)
+    if m:
+        return now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise PeriodError(f"expected a duration like 7d, 24h, 30m or an ISO-8601 time, got {value!r}") from None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def parse_period(since: str | None, until: str | None, *, now: datetime) -> Period:
+    """The period to read; default: the last 7 days up to now."""
+    end = parse_time(until, now=now) if until else now
+    start = parse_time(since, now=now) if since else end - DEFAULT_PERIOD
+    if start >= end:
+        raise PeriodError(f"since ({iso(start)}) must be before until ({iso(end)})")
+    return Period(start, end)
+
+
+def buckets(period: Period, by: str) -> list[datetime]:
+    """Bucket starts on whole UTC hours or days covering the period (empty ones included)."""
+    if by not in ("hour", "day"):
+        raise PeriodError(f"by must be hour or day, got {by!r}")
+    step = timedelta(hours=1) if by == "hour" else timedelta(days=1)
+    start = period.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if by == "day":
+        start = start.replace(hour=0)
+    out = []
+    t = start
+    while t < period.until and len(out) < 100_000:  # bounded: a century of days
+        out.append(t)
+        t += step
+    return out
+
+
+def rate(numerator: int, denominator: int) -> float | None:
+    return None if denominator == 0 else numerator / denominator
+
+
+def shape(*, period: Period, configuration_set: str | None, counts: dict[str, int], recipients: int,
+          unique: dict[str, int], delivered_open_tracked: int, delivered_click_tracked: int,
+          delivered_recipients: int, bounced_recipients: int, complaining_recipients: int,
+          top_links: Sequence[dict[str, Any]], link_tags: Sequence[dict[str, Any]],
+          series: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
+    """The `relay stats --json` document (and /api/stats), exactly these keys."""
+    doc: dict[str, Any] = {
+        "since": iso(period.since),
+        "until": iso(period.until),
+        "configuration_set": configuration_set,
+        "counts": {k: counts.get(k, 0) for k in COUNT_KEYS},
+        "recipients": recipients,
+        "unique": {"open": unique.get("open", 0), "click": unique.get("click", 0)},
+        "rates": {
+            "delivery": rate(delivered_recipients, recipients),
+            "bounce": rate(bounced_recipients, recipients),
+            "complaint": rate(complaining_recipients, delivered_recipients),
+            "open": rate(unique.get("open", 0), delivered_open_tracked),
+            "click": rate(unique.get("click", 0), delivered_click_tracked),
+        },
+        "top_links": list(top_links),
+        "link_tags": list(link_tags),
+    }
+    if series is not None:
+        doc["series"] = list(series)
+    return doc
+
+
+# --- queries (the contract shared by the CLI, the admin API and the dashboard) -------------
+# `store` is an open relay.store.Store; none of these write.
+
+async def stats(store: Any, *, configuration_set: str | None, period: Period, by: str | None = None,
+                tag: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The `relay stats --json` document for the period; configuration_set None = all,
+    NO_SET = mail without a set; `by` adds `series`; `tag` keeps messages with that tag."""
+    raise NotImplementedError  # landing in the "stats core" commit
+
+
+async def events(store: Any, *, types: Sequence[str] = (), message_id: str | None = None,
+                 recipient: str | None = None, configuration_set: str | None = None,
+                 since: datetime | None = None, after_seq: int = 0, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
+    """(seq, SES record) in seq order, seq > after_seq; `types` are SES eventTypes ("Open")
+    or their keys ("open"). --follow polls with the last seq seen."""
+    raise NotImplementedError
+
+
+async def messages(store: Any, *, period: Period | None = None, configuration_set: str | None = None,
+                   recipient: str | None = None, search: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Newest first: {"message_id", "timestamp" (ISO), "source", "subject", "configuration_set",
+    "recipients" (count), "states": {"pending", "delivered", "bounced"}, "opens", "clicks"};
+    `search` matches recipient, subject or set (case-insensitive substring)."""
+    raise NotImplementedError
+
+
+async def message(store: Any, message_id: str) -> dict[str, Any] | None:
+    """{"message": <SES mail object>, "recipients": [{"address", "state", "events": [<SES
+    records in time order, Send first>]}]}, or None when relay knows no such message."""
+    raise NotImplementedError
+
+
+async def message_body(store: Any, message_id: str) -> bytes | None:
+    """The message as spooled (what went upstream before per-recipient instrumentation),
+    kept for [storage] body_retention_days after its last recipient was final; None after."""
+    raise NotImplementedError
