@@ -59,7 +59,7 @@ def buckets(period: Period, by: str) -> list[datetime]:
     start = period.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     if by == "day":
         start = start.replace(hour=0)
-    out = []
+    out: list[datetime] = []
     t = start
     while t < period.until and len(out) < 100_000:  # bounded: a century of days
         out.append(t)
