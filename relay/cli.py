@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 
 import click
 
 from relay import config as config_mod
+from relay import logs
 from relay.errors import ConfigError
 
 DEFAULT_FILE = "relay.toml"
@@ -38,15 +38,12 @@ def main() -> None:
               help=f"TOML configuration file (default: ./{DEFAULT_FILE} if present, else the embedded default)")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def serve(config_path: str | None, log_level: str) -> None:
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(logs.FORMATS),
+              help="json: one JSON object per line (time, level, logger, message and fields)")
+def serve(config_path: str | None, log_level: str, log_format: str) -> None:
     """Accept mail over SMTP, spool it, deliver it upstream and serve tracking."""
     cfg = _load(config_path)
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # aiosmtpd logs every command line (envelope addresses included) at INFO: per
-    # message noise that costs ~8% of intake CPU; keep it for --log-level DEBUG.
-    if log_level.upper() != "DEBUG":
-        logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logs.configure(level=log_level, log_format=log_format)
     from relay.app import serve as run
 
     try:

@@ -10,7 +10,7 @@ import itertools
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from relay import dsn as dsn_mod
 from relay.config import Config
@@ -19,7 +19,7 @@ from relay.events.bus import EventBus
 from relay.headers import split_header_block
 from relay.instrument import TrackingOptions, personalize, prepare
 from relay.intake import new_message_id
-from relay.outcomes import Reply, judge
+from relay.outcomes import Reply, Verdict, judge
 from relay.retry import RetryPolicy
 from relay.spool import Job, Spool, put_statements, result_statements
 from relay.tokens import Signer
@@ -223,6 +223,7 @@ class Deliverer:
             stmts += put_statements(notice)  # the DSN is spooled in the same commit
         await self._spool.write(stmts)
         self._bus.committed()
+        log_outcomes(job.message_id, v, replies)
         if job.pending_events:
             job.rendering_reported = True
             job.pending_events = []
@@ -260,6 +261,37 @@ class Deliverer:
             common_headers={}, tags={})
         return Job(message_id=mid, accepted_at=now, configuration_set=None, mail_from="",
                    mail=info, tracked=False, attempts={job.mail_from: 0}, due=now, data=data)
+
+
+def log_outcomes(message_id: str, v: Verdict, replies: Mapping[str, Reply]) -> None:
+    """One line per recipient's recorded outcome; copies that got no reply at all (the
+    upstream is unreachable) share one line per attempt instead of one per recipient."""
+    def fields(rcpt: str | None, outcome: str, reply: str, at: float | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"message_id": message_id, "outcome": outcome, "reply": reply}
+        if rcpt is not None:
+            out["recipient"] = rcpt
+        if at is not None:
+            out["next_attempt"] = records.iso(datetime.fromtimestamp(at, timezone.utc))
+        return out
+
+    for rcpt, reply in v.delivered:
+        log.info("delivered %s to %s: %s", message_id, rcpt, reply, extra=fields(rcpt, "delivered", reply))
+    for rcpt, reason in v.bounced:
+        log.info("bounced %s to %s: %s", message_id, rcpt, reason, extra=fields(rcpt, "bounced", reason))
+    unreachable: dict[str, tuple[int, float]] = {}  # reply -> (recipients, earliest next attempt)
+    for rcpt, _, at, reply in v.deferred:
+        if replies[rcpt].code == 0:
+            n, first = unreachable.get(reply, (0, at))
+            unreachable[reply] = (n + 1, min(first, at))
+            continue
+        iso_at = records.iso(datetime.fromtimestamp(at, timezone.utc))
+        log.info("deferred %s to %s: %s; next attempt at %s", message_id, rcpt, reply, iso_at,
+                 extra=fields(rcpt, "deferred", reply, at))
+    for reply, (n, at) in unreachable.items():
+        iso_at = records.iso(datetime.fromtimestamp(at, timezone.utc))
+        log.warning("upstream unreachable for %s, %d recipient(s) deferred: %s; next attempt at %s",
+                    message_id, n, reply, iso_at,
+                    extra={**fields(None, "unreachable", reply, at), "recipients": n})
 
 
 def _internal_error(e: BaseException) -> Reply:

@@ -123,8 +123,9 @@ class RelayProcess:
 
     def __init__(self, tmp: Path, config_body: str, *, smtp_port: int | None = None,
                  http_port: int | None = None, upstream_url: str | None = None,
-                 nofile: tuple[int, int] | None = None) -> None:
+                 nofile: tuple[int, int] | None = None, serve_args: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
+        self.serve_args = serve_args  # extra `relay serve` options, e.g. ("--log-format", "json")
         self.nofile = nofile  # RLIMIT_NOFILE (soft, hard) for the child, as `ulimit -n` would set
         self.smtp_port = smtp_port or free_port()
         self.http_port = http_port or free_port()
@@ -146,7 +147,7 @@ class RelayProcess:
         self._logf = open(self.log, "ab")
         nofile = self.nofile
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "relay.cli", "serve", "--config", str(self.config_path), *self.serve_args],
             cwd=self.tmp, stdout=self._logf, stderr=subprocess.STDOUT, env=env,
             preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None)
         try:

@@ -178,8 +178,10 @@ class WebhookDestination:
                                           allow_redirects=False) as resp:
                 status, after = resp.status, retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            why = _describe(e, self._timeout)
             log.warning("webhook %s: event %s not delivered (%s), attempt %d; will retry",
-                        self.name, event_id, _describe(e, self._timeout), attempt)
+                        self.name, event_id, why, attempt,
+                        extra=self._fields(event_id, "retry", attempt=attempt, reply=why))
             return self._backoff(attempt)
         if 200 <= status < 300:
             return None
@@ -187,19 +189,26 @@ class WebhookDestination:
             rejections = self._rejections.get(seq, 0) + 1
             if rejections >= MAX_REJECTIONS:
                 log.error("webhook %s: event %s dropped after HTTP %d (%d rejections)",
-                          self.name, event_id, status, rejections)
+                          self.name, event_id, status, rejections,
+                          extra=self._fields(event_id, "dropped", attempt=attempt, status=status))
                 return None
             self._rejections[seq] = rejections
             log.warning("webhook %s: event %s rejected with HTTP %d (%d of %d); will retry",
-                        self.name, event_id, status, rejections, MAX_REJECTIONS)
+                        self.name, event_id, status, rejections, MAX_REJECTIONS,
+                        extra=self._fields(event_id, "retry", attempt=attempt, status=status))
             return self._backoff(attempt)
         # 5xx, 408, 429 and anything unexpected (3xx, 1xx): the receiver's problem,
         # so the event is kept and retried for as long as it takes.
         log.warning("webhook %s: event %s got HTTP %d, attempt %d; will retry",
-                    self.name, event_id, status, attempt)
+                    self.name, event_id, status, attempt,
+                    extra=self._fields(event_id, "retry", attempt=attempt, status=status))
         if after is not None:
             return min(after, self._max_delay)  # capped: a bogus value must not stall the queue
         return self._backoff(attempt)
+
+    def _fields(self, event_id: str, outcome: str, **more: Any) -> dict[str, Any]:
+        """The structured fields of a failure's log line (never the URL: it may hold a token)."""
+        return {"destination": self.name, "event_id": event_id, "outcome": outcome, **more}
 
     def _backoff(self, attempt: int) -> float:
         # first_delay, doubling, up to max_delay (exponent capped: no float overflow).

@@ -61,23 +61,32 @@ class IntakeHandler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
-        if not self.accepting:
-            return SHUTTING_DOWN
         peer = _peer_ip(session)
+        if not self.accepting:
+            return self._refused(peer, address, SHUTTING_DOWN)
         if not in_networks(peer, self._config.smtp.allowed_clients):
-            return NOT_ALLOWED.format(ip=peer)
+            return self._refused(peer, address, NOT_ALLOWED.format(ip=peer))
         if self._config.smtp.auth_required and not session.authenticated:
-            return AUTH_REQUIRED
+            return self._refused(peer, address, AUTH_REQUIRED)
         if self._bad_address(peer, address, recipient=False):
             return BAD_SENDER
         # Hold the message's memory from now on: its declared SIZE (RFC 1870), else a first
         # slice that grows as DATA arrives. What does not fit waits (451) instead of
         # swelling the process (smtp.max_concurrent_data_bytes).
         if isinstance(server, RelaySMTP) and not server.reserve_data(_declared_size(mail_options)):
-            return NO_STORAGE
+            return self._refused(peer, address, NO_STORAGE)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
+
+    def _refused(self, peer: str, sender: str, reply: str) -> str:
+        """The log line of a transaction refused at MAIL. Refusing costs a client nothing, so
+        it is one line per client and reply per minute (saying how many were not logged)."""
+        # %r: the address may not have passed the syntax check (control characters).
+        log_throttled(self._throttle, f"mail:{peer}:{reply[:3]}", logging.INFO, "refused MAIL from %s (sender %r): %s",
+                      peer, sender, reply, extra={"outcome": "refused", "peer": peer, "sender": sender,
+                                                  "reply": reply})
+        return reply
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -113,7 +122,9 @@ class IntakeHandler:
             accepted = intake.accept(raw, config=self._config, helo=session.host_name, peer_ip=peer,
                                      recipients=rcpts, now=now_dt, message_id=intake.new_message_id(now))
         except Rejected as e:
-            log.info("refused message from %s: %s", peer, e.reply)
+            log.info("refused a message from %s: <%s> -> %d recipient(s): %s", peer, sender, len(rcpts), e.reply,
+                     extra={"outcome": "refused", "peer": peer, "sender": sender, "recipients": len(rcpts),
+                            "reply": e.reply})
             return e.reply
         del raw
         cset = accepted.configuration_set
@@ -131,12 +142,17 @@ class IntakeHandler:
             # The Send event is committed with the message: a crash cannot lose one.
             await self._spool.put(job, self._bus.statements(job.configuration_set, records.send_event(mail)))
         except Exception:  # noqa: BLE001 - nothing is accepted that is not stored
-            log.exception("could not spool a message from %s", peer)
+            log.exception("refused a message from %s: <%s> -> %d recipient(s): %s (could not spool it)",
+                          peer, sender, len(rcpts), TEMP_FAILURE,
+                          extra={"outcome": "refused", "peer": peer, "sender": sender, "recipients": len(rcpts),
+                                 "reply": TEMP_FAILURE})
             return TEMP_FAILURE
         self._bus.committed()
         self._schedule.add(job)
         log.info("accepted %s from %s: <%s> -> %d recipient(s), configuration set %s",
-                 job.message_id, peer, job.mail_from, len(rcpts), job.configuration_set or "-")
+                 job.message_id, peer, job.mail_from, len(rcpts), job.configuration_set or "-",
+                 extra={"outcome": "accepted", "message_id": job.message_id, "peer": peer, "sender": job.mail_from,
+                        "recipients": len(rcpts), "configuration_set": job.configuration_set})
         return f"250 Ok {job.message_id}"
 
 

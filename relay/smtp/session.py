@@ -38,11 +38,13 @@ def peer_ip(peer: Any) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
 
-def log_throttled(throttle: LogThrottle, key: str, level: int, msg: str, *args: Any) -> None:
+def log_throttled(throttle: LogThrottle, key: str, level: int, msg: str, *args: Any,
+                  extra: dict[str, Any] | None = None) -> None:
     """Log msg at most once per interval per key, saying how many were swallowed."""
     swallowed = throttle.suppressed(key)
     if throttle.should_log(key):
-        log.log(level, msg + (f" (and {swallowed} more since the last such line)" if swallowed else ""), *args)
+        log.log(level, msg + (f" (and {swallowed} more since the last such line)" if swallowed else ""), *args,
+                extra=extra)
 
 
 def admit(shared: Shared, ip: str) -> str | None:
@@ -69,6 +71,7 @@ class RelaySMTP(SMTP):
         self._processing = False  # the DATA hook is running: the client is waiting for us
         self._auth_failures = 0
         self._auth_failed: bytes | None = None  # the login of a failed check, set by _check
+        self._last_reply: Any = ""  # what push() sent last
         super().__init__(handler, authenticator=self._check, **kwargs)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -94,6 +97,22 @@ class RelaySMTP(SMTP):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(replies.TIMEOUT.format(host=self.hostname).encode() + b"\r\n")  # type: ignore[attr-defined]
         super()._timeout_cb()
+
+    # --- the one log line of a transaction that aiosmtpd refuses itself ----------------
+
+    async def push(self, status: Any) -> None:
+        self._last_reply = status
+        await super().push(status)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self._last_reply = ""
+        await super().smtp_MAIL(arg)
+        # A SIZE= over max_message_size (RFC 1870) is refused before the handler sees MAIL.
+        if isinstance(self._last_reply, str) and self._last_reply.startswith("552"):
+            ip = peer_ip(self.session.peer if self.session is not None else None)
+            log_throttled(self._shared.throttle, f"mail:{ip}:552", logging.INFO, "refused MAIL from %s: %s", ip,
+                          self._last_reply, extra={"outcome": "refused", "peer": ip, "reply": self._last_reply})
 
     # --- the transaction's DATA memory -----------------------------------------------
 
@@ -139,6 +158,13 @@ class RelaySMTP(SMTP):
         await self.push(replies.DATA_GO_AHEAD)
         content, refusal = await self._read_data()
         if refusal is not None:
+            # The transaction's one log line (the handler logs the others): the client
+            # sent the whole message for it, so it is not throttled.
+            ip = peer_ip(self.session.peer if self.session is not None else None)
+            sender = "" if self.envelope.mail_from in ("<>", None) else str(self.envelope.mail_from)
+            n = len(self.envelope.rcpt_tos)
+            log.info("refused a message from %s: <%s> -> %d recipient(s): %s", ip, sender, n, refusal,
+                     extra={"outcome": "refused", "peer": ip, "sender": sender, "recipients": n, "reply": refusal})
             # Replied only after the end of data (RFC 5321 §4.2.5), as aiosmtpd does.
             self._set_post_data_state()
             await self.push(refusal)
