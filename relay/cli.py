@@ -1,17 +1,28 @@
-# The command line: wiring only. `relay serve`, `relay check-config`.
+# The command line: wiring only. `relay serve` runs the relay; `relay stats`, `events`,
+# `messages`, `message` read the storage file (also while `relay serve` runs on it:
+# WAL lets readers and the writer work at once); `prune`, `check-config`, `--version`.
+# Tables come from relay.report, queries from relay.stats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import signal
 import sys
+from datetime import UTC, datetime
+from typing import Any, AsyncIterator, NoReturn
 
 import click
 
 from relay import config as config_mod
-from relay import logs
+from relay import logs, report, stats
 from relay.errors import ConfigError
+from relay.events.records import EVENT_TYPE_KEYS
 
 DEFAULT_FILE = "relay.toml"
+FOLLOW_INTERVAL = 0.5  # seconds between polls of `relay events --follow`
+PAGE = 1000  # events read per query
 
 
 def _load(path: str | None) -> config_mod.Config:
@@ -28,14 +39,51 @@ def _load(path: str | None) -> config_mod.Config:
         sys.exit(2)
 
 
-@click.group()
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr and out: 2 for bad input (as click's usage errors), 1 otherwise."""
+    click.echo(f"relay: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """click's group, but a usage error is one line on stderr (exit 2), not a usage page."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `relay`: the help page (click >= 8.2)
+                e.show()
+                sys.exit(e.exit_code)
+            cmd = e.ctx.command_path if e.ctx is not None else "relay"
+            _fail(f"{e.format_message()} (see {cmd} --help)", e.exit_code)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except click.Abort:
+            _fail("aborted", 1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help=f"TOML configuration file (default: ./{DEFAULT_FILE} if present, else the embedded default)")
+set_option = click.option(
+    "--configuration-set", "configuration_set", default=None, metavar="NAME",
+    help="Only this configuration set ('' for mail sent without one)")
+since_option = click.option("--since", default=None, metavar="7d|ISO",
+                            help="From this long ago (30m, 24h, 7d, 2w) or this ISO-8601 time (UTC if no zone)")
+json_option = click.option("--json", "as_json", is_flag=True, help="The JSON document instead of tables")
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="relay", prog_name="relay", message="%(prog)s %(version)s")
 def main() -> None:
     """relay: an SMTP relay with SES-style open/click tracking and event publishing."""
 
 
-@main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help=f"TOML configuration file (default: ./{DEFAULT_FILE} if present, else the embedded default)")
+@main.command(short_help="Run the relay: SMTP intake, delivery, tracking.")
+@config_option
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-format", default="text", show_default=True, type=click.Choice(logs.FORMATS),
@@ -53,13 +101,241 @@ def serve(config_path: str | None, log_level: str, log_format: str) -> None:
         sys.exit(1)
 
 
-@main.command("check-config")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@main.command("check-config", short_help="Validate the configuration; print its warnings.")
+@config_option
 def check_config(config_path: str | None) -> None:
-    """Validate the configuration and exit (0 when valid)."""
+    """Validate the configuration and exit (0 when valid), with the warnings serve would log."""
     cfg = _load(config_path)
     sets = ", ".join(cfg.configuration_sets) or "none"
     click.echo(f"{cfg.source}: OK (configuration sets: {sets})")
+    for warning in config_mod.warnings(cfg):
+        click.echo(f"relay: warning: {warning}", err=True)
+
+
+# --- reading the storage file --------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def _reading(cfg: config_mod.Config) -> AsyncIterator[Any]:
+    """The storage file, opened beside a running `relay serve` (WAL: readers never block
+    its writer). Never created here: a missing file is a wrong directory or --config."""
+    from relay.store import Store
+
+    path = cfg.storage.path
+    if not os.path.exists(path):
+        _fail(f"no storage file at {path} ({cfg.source}): start relay serve first, or pass --config", 1)
+    store = Store(path)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _set(cfg: config_mod.Config, name: str | None) -> str | None:
+    """--configuration-set: '' is mail without a set. A well-formed name that is not
+    configured (any more) is read anyway, with a warning: the file may still hold its mail."""
+    if name is None or name == stats.NO_SET:
+        return name
+    if not config_mod.NAME_RE.match(name):
+        _fail(f"--configuration-set: expected a name of 1-64 characters A-Z a-z 0-9 - _, got {name!r}")
+    if name not in cfg.configuration_sets:
+        known = ", ".join(cfg.configuration_sets) or "none"
+        click.echo(f"relay: warning: configuration set {name!r} is not in {cfg.source} (configured: {known}); "
+                   "reading what the storage file has for it", err=True)
+    return name
+
+
+def _tag(value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    name, eq, tag_value = value.partition("=")
+    if not eq or not name or not tag_value:
+        _fail(f"--tag: expected NAME=VALUE (e.g. campaign=spring), got {value!r}")
+    return name, tag_value
+
+
+def _period(since: str | None, until: str | None) -> stats.Period:
+    try:
+        return stats.parse_period(since, until, now=_now())
+    except stats.PeriodError as e:
+        _fail(f"--since/--until: {e}")
+
+
+def _since(since: str | None) -> datetime | None:
+    if since is None:
+        return None
+    try:
+        return stats.parse_time(since, now=_now())
+    except stats.PeriodError as e:
+        _fail(f"--since: {e}")
+
+
+def _types(value: str | None) -> tuple[str, ...]:
+    """--type open,click (keys or SES eventTypes, any case) -> SES eventTypes."""
+    if not value:
+        return ()
+    by_lower = {k.lower(): name for name, k in EVENT_TYPE_KEYS.items()}
+    by_lower.update({name.lower(): name for name in EVENT_TYPE_KEYS})
+    out = []
+    for item in (x.strip() for x in value.split(",")):
+        if item.lower() not in by_lower:
+            _fail(f"--type: unknown event type {item!r} (expected some of {', '.join(EVENT_TYPE_KEYS.values())})")
+        out.append(by_lower[item.lower()])
+    return tuple(dict.fromkeys(out))
+
+
+def _print_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def _line(record: Any) -> str:
+    # As the file destination writes them: compact, one record per line.
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+@main.command("stats", short_help="Sending statistics: counts, rates, top links.")
+@config_option
+@set_option
+@since_option
+@click.option("--until", default=None, metavar="ISO", help="Up to this time (default: now)")
+@click.option("--by", type=click.Choice(["hour", "day"]), default=None, help="Add a series per UTC hour or day")
+@click.option("--tag", default=None, metavar="NAME=VALUE", help="Only messages with this message tag")
+@json_option
+def stats_command(config_path: str | None, configuration_set: str | None, since: str | None,
+                  until: str | None, by: str | None, tag: str | None, as_json: bool) -> None:
+    """Sending statistics: counts, rates, top links and link tags (default: the last 7 days)."""
+    cfg = _load(config_path)
+    cset, period, tag_pair = _set(cfg, configuration_set), _period(since, until), _tag(tag)
+
+    async def run() -> dict[str, Any]:
+        async with _reading(cfg) as store:
+            return await stats.stats(store, configuration_set=cset, period=period, by=by, tag=tag_pair)
+
+    doc = asyncio.run(run())
+    if as_json:
+        _print_json(doc)
+    else:
+        click.echo(report.stats_text(doc, tag=tag_pair))
+
+
+@main.command("events", short_help="SES-format event records as JSON Lines.")
+@config_option
+@click.option("--type", "types", default=None, metavar="TYPES",
+              help="Comma-separated event types, e.g. open,click (or Open,Click)")
+@click.option("--message", "message_id", default=None, metavar="ID", help="Only events about this message")
+@click.option("--recipient", default=None, metavar="ADDR", help="Only events about this recipient")
+@set_option
+@since_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events as they come (like tail -f)")
+def events_command(config_path: str | None, types: str | None, message_id: str | None, recipient: str | None,
+                   configuration_set: str | None, since: str | None, follow: bool) -> None:
+    """The SES-format event records as JSON Lines, oldest first (all that are kept, or --since)."""
+    cfg = _load(config_path)
+    filters: dict[str, Any] = {"types": _types(types), "message_id": message_id, "recipient": recipient,
+                               "configuration_set": _set(cfg, configuration_set), "since": _since(since)}
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        if follow:  # Ctrl-C or SIGTERM ends following normally (exit 0)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        async with _reading(cfg) as store:
+            after = 0
+            while not stop.is_set():
+                batch = await stats.events(store, **filters, after_seq=after, limit=PAGE)
+                if batch:
+                    _write_lines(_line(record) for _, record in batch)
+                    after = batch[-1][0]
+                if len(batch) == PAGE:
+                    continue
+                if not follow:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), FOLLOW_INTERVAL)
+
+    asyncio.run(run())
+
+
+def _write_lines(lines: Any) -> None:
+    try:
+        sys.stdout.write("".join(f"{line}\n" for line in lines))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`relay events | head`): stop quietly, as a pipe would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+
+
+@main.command("messages", short_help="Messages, newest first.")
+@config_option
+@since_option
+@set_option
+@click.option("--recipient", default=None, metavar="ADDR", help="Only messages to this recipient")
+@click.option("--search", default=None, metavar="TEXT", help="Recipient, subject or set containing TEXT")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@json_option
+def messages_command(config_path: str | None, since: str | None, configuration_set: str | None,
+                     recipient: str | None, search: str | None, limit: int, as_json: bool) -> None:
+    """Messages, newest first, with their recipients' states and engagement."""
+    cfg = _load(config_path)
+    period = _period(since, None) if since else None
+    cset = _set(cfg, configuration_set)
+
+    async def run() -> list[dict[str, Any]]:
+        async with _reading(cfg) as store:
+            return await stats.messages(store, period=period, configuration_set=cset, recipient=recipient,
+                                        search=search, limit=limit)
+
+    rows = asyncio.run(run())
+    if as_json:
+        _print_json(rows)
+    else:
+        click.echo(report.messages_text(rows))
+
+
+@main.command("message", short_help="One message's per-recipient timeline.")
+@config_option
+@click.argument("message_id", metavar="ID")
+@json_option
+def message_command(config_path: str | None, message_id: str, as_json: bool) -> None:
+    """One message: each recipient's timeline (send, delivery, delays, bounce, opens, clicks)."""
+    cfg = _load(config_path)
+
+    async def run() -> dict[str, Any] | None:
+        async with _reading(cfg) as store:
+            return await stats.message(store, message_id)
+
+    doc = asyncio.run(run())
+    if doc is None:
+        _fail(f"no message {message_id!r} in {cfg.storage.path} (unknown, or pruned)", 1)
+    if as_json:
+        _print_json(doc)
+    else:
+        click.echo(report.message_text(doc))
+
+
+@main.command("prune", short_help="Drop what is past its retention now.")
+@config_option
+def prune_command(config_path: str | None) -> None:
+    """Drop what is past its retention now, as relay serve does on its own every hour."""
+    import time
+
+    from relay.spool import Spool
+
+    cfg = _load(config_path)
+
+    async def run() -> None:
+        async with _reading(cfg) as store:
+            await Spool(store).prune(time.time() - cfg.tracking.window_days * 86400.0)
+
+    asyncio.run(run())
+    click.echo(f"{cfg.storage.path}: pruned")
 
 
 if __name__ == "__main__":
