@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any, AsyncIterator, NoReturn
 
@@ -18,7 +19,6 @@ import click
 from relay import config as config_mod
 from relay import logs, report, stats
 from relay.errors import ConfigError
-from relay.events.records import EVENT_TYPE_KEYS
 
 DEFAULT_FILE = "relay.toml"
 FOLLOW_INTERVAL = 0.5  # seconds between polls of `relay events --follow`
@@ -178,14 +178,10 @@ def _types(value: str | None) -> tuple[str, ...]:
     """--type open,click (keys or SES eventTypes, any case) -> SES eventTypes."""
     if not value:
         return ()
-    by_lower = {k.lower(): name for name, k in EVENT_TYPE_KEYS.items()}
-    by_lower.update({name.lower(): name for name in EVENT_TYPE_KEYS})
-    out = []
-    for item in (x.strip() for x in value.split(",")):
-        if item.lower() not in by_lower:
-            _fail(f"--type: unknown event type {item!r} (expected some of {', '.join(EVENT_TYPE_KEYS.values())})")
-        out.append(by_lower[item.lower()])
-    return tuple(dict.fromkeys(out))
+    try:
+        return tuple(dict.fromkeys(stats.event_types(value.split(","))))
+    except ValueError as e:
+        _fail(f"--type: {e}")
 
 
 def _print_json(doc: Any) -> None:
@@ -323,19 +319,22 @@ def message_command(config_path: str | None, message_id: str, as_json: bool) -> 
 @main.command("prune", short_help="Drop what is past its retention now.")
 @config_option
 def prune_command(config_path: str | None) -> None:
-    """Drop what is past its retention now, as relay serve does on its own every hour."""
-    import time
-
-    from relay.spool import Spool
+    """Drop what is past its retention now ([storage] retention_days, stats_retention_days,
+    body_retention_days; finished messages after [tracking] window_days), as relay serve
+    does on its own every hour."""
+    from relay import retention
 
     cfg = _load(config_path)
 
     async def run() -> None:
         async with _reading(cfg) as store:
-            await Spool(store).prune(time.time() - cfg.tracking.window_days * 86400.0)
+            await retention.prune(store, cfg, now=time.time())
 
     asyncio.run(run())
-    click.echo(f"{cfg.storage.path}: pruned")
+    s = cfg.storage
+    click.echo(f"{s.path}: pruned (events older than {s.retention_days:g} days, hourly counts older than "
+               f"{s.stats_retention_days:g}, bodies older than {s.body_retention_days:g}, finished messages "
+               f"older than {cfg.tracking.window_days:g})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ from relay.events.records import EVENT_TYPE_KEYS
 
 # counts key -> SES eventType, for labels ("deliveryDelay" -> "DeliveryDelay")
 EVENT_NAMES = {key: name for name, key in EVENT_TYPE_KEYS.items()}
+# Counts in the order mail moves: sent, then what the upstream said, then engagement.
+FUNNEL = ("send", "delivery", "deliveryDelay", "bounce", "reject", "complaint", "renderingFailure",
+          "open", "click", "subscription")
 _RATES = (("delivery", "Delivery"), ("bounce", "Bounce"), ("complaint", "Complaint"),
           ("open", "Open"), ("click", "Click"))
 
@@ -48,7 +51,8 @@ def stats_text(doc: Mapping[str, Any], *, tag: tuple[str, str] | None = None) ->
                                                            else f"configuration set {cset}")
     out = [f"{doc['since']} to {doc['until']}, {scope}" + (f", tag {tag[0]}={tag[1]}" if tag else ""), ""]
     counts = doc["counts"]
-    out += table(["Event", "Count"], [[EVENT_NAMES[k], n] for k, n in counts.items()])
+    keys = [k for k in FUNNEL if k in counts] + [k for k in counts if k not in FUNNEL]
+    out += table(["Event", "Count"], [[EVENT_NAMES.get(k) or k, counts[k]] for k in keys])
     out.append("")
     out += table(["Recipients", "Count"], [["Sent to", doc["recipients"]], ["Opened (unique)", doc["unique"]["open"]],
                                            ["Clicked (unique)", doc["unique"]["click"]]])
@@ -67,8 +71,7 @@ def stats_text(doc: Mapping[str, Any], *, tag: tuple[str, str] | None = None) ->
         out.append("Link tags: none clicked")
     if "series" in doc:
         out.append("")
-        keys = list(counts)
-        out += table(["Start", *(EVENT_NAMES[k] for k in keys)],
+        out += table(["Start", *(EVENT_NAMES.get(k) or k for k in keys)],
                      [[b["start"], *(b["counts"].get(k, 0) for k in keys)] for b in doc["series"]])
     return "\n".join(out)
 
