@@ -23,7 +23,7 @@ def make_config(tmp_path: Path, upstream_port: int) -> cfg.Config:
     })
 
 
-async def test_spool_failure_answers_451_and_queues_nothing(tmp_path: Path) -> None:
+async def test_spool_failure_answers_451_and_queues_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     up = await Upstream().start()
     config = make_config(tmp_path, up.port)
     app = App(config)
@@ -37,6 +37,8 @@ async def test_spool_failure_answers_451_and_queues_nothing(tmp_path: Path) -> N
                 await s.sendmail("a@example.com", ["b@example.org"], b"Subject: x\r\n\r\nbody\r\n")
         assert e.value.code == 451 and "4.3.0" in e.value.message
         assert up.messages == []
+        [line] = [r for r in caplog.records if getattr(r, "outcome", None) == "refused"]  # the transaction's line
+        assert getattr(line, "reply", "").startswith("451 4.3.0") and line.exc_info is not None
     finally:
         app.store._writer = None  # already closed above
         await app.stop()

@@ -102,8 +102,12 @@ matching_event_types = ["send"]
             _, reply = await s.sendmail("news@example.com", rcpts, tracked_message("Spring"))
             with pytest.raises(aiosmtplib.SMTPDataError):  # 554 unknown configuration set
                 await s.sendmail("news@example.com", rcpts, tracked_message("x", cset="nosuchset"))
-            with pytest.raises(aiosmtplib.SMTPResponseException):  # 552 too big
+            with pytest.raises(aiosmtplib.SMTPResponseException):  # 552 too big: SIZE= at MAIL
                 await s.sendmail("news@example.com", rcpts, tracked_message("x" * 9000))
+            await s.mail("news@example.com")  # no SIZE=: 552 after the data
+            await s.rcpt("ana@example.org")
+            with pytest.raises(aiosmtplib.SMTPDataError):
+                await s.data(tracked_message("x" * 9000))
         message_id = reply.split()[1]
         copies = await wait_for(lambda: [m for m in up.messages if m.rcpts == ["ana@example.org"]])
         pixels, links = urls_in(copies[0].data)
@@ -127,7 +131,9 @@ matching_event_types = ["send"]
     assert accepted["recipients"] == 3 and accepted["configuration_set"] == "news"
     assert accepted["logger"] == "relay.smtp" and accepted["message"].startswith(f"accepted {message_id} from ")
     refused = find(docs, outcome="refused")
-    assert sorted(d["reply"][:3] for d in refused) == ["530", "552", "554"]
+    assert sorted(d["reply"][:3] for d in refused) == ["530", "552", "552", "554"]
+    [after_data] = [d for d in refused if d.get("recipients") == 1]
+    assert after_data["reply"].startswith("552 5.3.4") and after_data["sender"] == "news@example.com"
     assert all(d["peer"] == "127.0.0.1" for d in refused)
 
     mine = find(docs, message_id=message_id)
