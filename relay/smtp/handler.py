@@ -55,8 +55,11 @@ class IntakeHandler:
     def _bad_address(self, peer: str, addr: str, *, recipient: bool) -> bool:
         why = addresses.problem(addr, recipient=recipient)
         if why is not None:
+            reply = BAD_RECIPIENT if recipient else BAD_SENDER
             log_throttled(self._throttle, f"address:{peer}", logging.INFO, "refused %s %r from %s: %s",
-                          "recipient" if recipient else "sender", addr, peer, why)
+                          "recipient" if recipient else "sender", addr, peer, why,
+                          extra={"outcome": "refused_recipient" if recipient else "refused", "peer": peer,
+                                 "reply": reply})
         return why is not None
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
