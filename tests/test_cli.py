@@ -239,6 +239,8 @@ async def test_stats_per_set_no_set_and_tag(world: World) -> None:
     assert spring == {**news, "configuration_set": None}
     autumn = await cli_json(world.relay, "stats", "--json", "--tag", "campaign=autumn", *world.period)
     assert autumn == {**hooked, "configuration_set": None}
+    by_auto_tag = await cli_json(world.relay, "stats", "--json", "--tag", "ses:configuration-set=hooked", *world.period)
+    assert by_auto_tag == autumn
 
 
 async def test_stats_series_and_table(world: World) -> None:
