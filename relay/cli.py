@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import sys
 import time
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import click
 from relay import config as config_mod
 from relay import logs, report, stats
 from relay.errors import ConfigError
+from relay.store import Store
 
 DEFAULT_FILE = "relay.toml"
 FOLLOW_INTERVAL = 0.5  # seconds between polls of `relay events --follow`
@@ -115,16 +117,18 @@ def check_config(config_path: str | None) -> None:
 # --- reading the storage file --------------------------------------------------------
 
 @contextlib.asynccontextmanager
-async def _reading(cfg: config_mod.Config) -> AsyncIterator[Any]:
+async def _reading(cfg: config_mod.Config) -> AsyncIterator[Store]:
     """The storage file, opened beside a running `relay serve` (WAL: readers never block
     its writer). Never created here: a missing file is a wrong directory or --config."""
-    from relay.store import Store
-
     path = cfg.storage.path
     if not os.path.exists(path):
         _fail(f"no storage file at {path} ({cfg.source}): start relay serve first, or pass --config", 1)
     store = Store(path)
-    await store.open()
+    try:
+        await store.open()
+    except (OSError, sqlite3.Error) as e:  # e.g. not ours to open: one line, not a traceback
+        await store.close()
+        _fail(f"cannot open the storage file {path}: {e}", 1)
     try:
         yield store
     finally:

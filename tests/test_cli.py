@@ -407,6 +407,14 @@ async def test_prune_version_and_check_config(world: World, tmp_path: Path) -> N
     assert err_b.decode().splitlines() == [
         "relay: warning: smtp.listen is 0.0.0.0:2525 but smtp.allowed_clients is loopback only: other hosts will "
         "be refused (550)"]
+    # No storage file where the configuration says: one line, exit 1, and none is created.
+    missing = tmp_path / "missing.db"
+    public.write_text(f'[storage]\npath = "{missing}"\n')
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "relay.cli", "stats", "--config", str(public),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out_b, err_b = await proc.communicate()
+    assert (proc.returncode, out_b) == (1, b"") and len(err_b.splitlines()) == 1 and b"no storage file" in err_b
+    assert not missing.exists()
 
 
 async def test_events_follow_prints_new_ones_and_exits_0_on_sigterm(world: World) -> None:
