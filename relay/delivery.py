@@ -292,9 +292,10 @@ def log_outcomes(message_id: str, v: Verdict, replies: Mapping[str, Reply]) -> N
                  extra=fields(rcpt, "deferred", reply, at))
     for reply, (n, at) in unreachable.items():
         iso_at = records.iso(datetime.fromtimestamp(at, timezone.utc))
-        log.warning("upstream unreachable for %s, %d recipient(s) deferred: %s; next attempt at %s",
-                    message_id, n, reply, iso_at,
-                    extra={**fields(None, "unreachable", reply, at), "recipients": n})
+        # No reply is usually the upstream's fault; relay's own failures say so in the reply.
+        what = "not sent (internal error)" if "internal error" in reply else "upstream unreachable"
+        log.warning("%s for %s, %d recipient(s) deferred: %s; next attempt at %s", what, message_id, n, reply,
+                    iso_at, extra={**fields(None, "unreachable", reply, at), "recipients": n})
 
 
 def _internal_error(e: BaseException) -> Reply:
