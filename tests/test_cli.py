@@ -417,6 +417,22 @@ async def test_prune_version_and_check_config(world: World, tmp_path: Path) -> N
     assert not missing.exists()
 
 
+async def test_events_follow_ctrl_c_exits_0(world: World) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay.cli", "events", "-f", "--type", "click", "--config", str(world.relay.config_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))["eventType"] == "Click"
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert await proc.stderr.read() == b""  # no traceback
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_events_follow_prints_new_ones_and_exits_0_on_sigterm(world: World) -> None:
     # Last in the module: the open it adds would change the other tests' counts.
     proc = await asyncio.create_subprocess_exec(
