@@ -10,7 +10,7 @@ import itertools
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from relay import dsn as dsn_mod
 from relay.config import Config
@@ -19,7 +19,7 @@ from relay.events.bus import EventBus
 from relay.headers import split_header_block
 from relay.instrument import TrackingOptions, personalize, prepare
 from relay.intake import new_message_id
-from relay.outcomes import Reply, Verdict, judge
+from relay.outcomes import Reply, judge
 from relay.retry import RetryPolicy
 from relay.spool import Job, Spool, put_statements, result_statements
 from relay.store.counting import NOTICE_TAG
@@ -225,7 +225,7 @@ class Deliverer:
             stmts += put_statements(notice)  # the DSN is spooled in the same commit
         await self._spool.write(stmts)
         self._bus.committed()
-        log_outcomes(job.message_id, v, replies)
+        log_outcomes(job.message_id, delivered=v.delivered, bounced=v.bounced, deferred=v.deferred, replies=replies)
         if job.pending_events:
             job.rendering_reported = True
             job.pending_events = []
@@ -266,7 +266,8 @@ class Deliverer:
                    mail=info, tracked=False, attempts={job.mail_from: 0}, due=now, data=data)
 
 
-def log_outcomes(message_id: str, v: Verdict, replies: Mapping[str, Reply]) -> None:
+def log_outcomes(message_id: str, *, delivered: Sequence[tuple[str, str]], bounced: Sequence[tuple[str, str]],
+                 deferred: Sequence[tuple[str, int, float, str]], replies: Mapping[str, Reply]) -> None:
     """One line per recipient's recorded outcome; copies that got no reply at all (the
     upstream is unreachable) share one line per attempt instead of one per recipient."""
     def fields(rcpt: str | None, outcome: str, reply: str, at: float | None = None) -> dict[str, Any]:
@@ -277,12 +278,12 @@ def log_outcomes(message_id: str, v: Verdict, replies: Mapping[str, Reply]) -> N
             out["next_attempt"] = records.iso(datetime.fromtimestamp(at, timezone.utc))
         return out
 
-    for rcpt, reply in v.delivered:
+    for rcpt, reply in delivered:
         log.info("delivered %s to %s: %s", message_id, rcpt, reply, extra=fields(rcpt, "delivered", reply))
-    for rcpt, reason in v.bounced:
+    for rcpt, reason in bounced:
         log.info("bounced %s to %s: %s", message_id, rcpt, reason, extra=fields(rcpt, "bounced", reason))
     unreachable: dict[str, tuple[int, float]] = {}  # reply -> (recipients, earliest next attempt)
-    for rcpt, _, at, reply in v.deferred:
+    for rcpt, _, at, reply in deferred:
         if replies[rcpt].code == 0:
             n, first = unreachable.get(reply, (0, at))
             unreachable[reply] = (n + 1, min(first, at))
