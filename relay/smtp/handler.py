@@ -18,6 +18,7 @@ from relay.errors import Rejected
 from relay.events import records
 from relay.events.bus import EventBus
 from relay.limits import LogThrottle
+from relay.metrics import Metrics
 from relay.smtp import address as addresses
 from relay.smtp.replies import (
     AUTH_REQUIRED,
@@ -36,8 +37,10 @@ log = logging.getLogger("relay.smtp")
 
 
 class IntakeHandler:
-    def __init__(self, *, config: Config, spool: Spool, schedule: Schedule, bus: EventBus) -> None:
+    def __init__(self, *, config: Config, spool: Spool, schedule: Schedule, bus: EventBus,
+                 metrics: Metrics | None = None) -> None:
         self._config = config
+        self._metrics = metrics or Metrics()
         self._spool = spool
         self._schedule = schedule
         self._bus = bus
@@ -114,6 +117,7 @@ class IntakeHandler:
                                      recipients=rcpts, now=now_dt, message_id=intake.new_message_id(now))
         except Rejected as e:
             log.info("refused message from %s: %s", peer, e.reply)
+            self._metrics.smtp_transactions.labels(result="rejected").inc()
             return e.reply
         del raw
         cset = accepted.configuration_set
@@ -132,9 +136,11 @@ class IntakeHandler:
             await self._spool.put(job, self._bus.statements(job.configuration_set, records.send_event(mail)))
         except Exception:  # noqa: BLE001 - nothing is accepted that is not stored
             log.exception("could not spool a message from %s", peer)
+            self._metrics.smtp_transactions.labels(result="failed").inc()
             return TEMP_FAILURE
         self._bus.committed()
         self._schedule.add(job)
+        self._metrics.smtp_transactions.labels(result="accepted").inc()
         log.info("accepted %s from %s: <%s> -> %d recipient(s), configuration set %s",
                  job.message_id, peer, job.mail_from, len(rcpts), job.configuration_set or "-")
         return f"250 Ok {job.message_id}"
