@@ -11,6 +11,7 @@ import signal
 import time
 from typing import Any
 
+from relay import retention
 from relay.admin import AdminServer
 from relay.config import Config
 from relay.config import warnings as config_warnings
@@ -117,14 +118,15 @@ class App:
         await self._stack.aclose()
 
     async def _prune_forever(self) -> None:
-        """Drop finished messages once the tracking window is over (checked hourly or sooner)."""
-        window = self.config.tracking.window_days * 86400.0
+        """Apply the retention settings (relay.retention), hourly or sooner for short windows."""
+        shortest = min(self.config.tracking.window_days, self.config.storage.retention_days,
+                       self.config.storage.body_retention_days or self.config.tracking.window_days) * 86400.0
         while True:
             try:
-                await self.spool.prune(time.time() - window)
+                await retention.prune(self.store, self.config, now=time.time())
             except Exception:  # noqa: BLE001 - pruning is housekeeping; serving goes on
-                log.exception("pruning the spool failed")
-            await asyncio.sleep(min(3600.0, max(1.0, window / 10)))
+                log.exception("pruning the storage file failed")
+            await asyncio.sleep(min(3600.0, max(1.0, shortest / 10)))
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

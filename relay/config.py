@@ -117,6 +117,9 @@ class TrackingConfig:
 @dataclass(frozen=True, kw_only=True)
 class StorageConfig:
     path: str = "./relay.db"
+    retention_days: float = 60.0  # raw events for `relay events` and timelines
+    stats_retention_days: float = 400.0  # hourly counters for `relay stats`
+    body_retention_days: float = 7.0  # message bodies, for the dashboard's preview; 0 = drop when final
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,7 +243,7 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     smtp = _smtp(r, r.table(data, "smtp"))
     upstream = _upstream(r, r.table(data, "upstream"))
     tracking = _tracking(r, r.table(data, "tracking"))
-    storage = StorageConfig(path=r.string(r.table(data, "storage"), "storage.path", "./relay.db"))
+    storage = _storage(r, r.table(data, "storage"))
     sets: dict[str, ConfigurationSet] = {}
     for name, body in r.table(data, "configuration_sets").items():
         key = f"configuration_sets.{name}"
@@ -399,6 +402,20 @@ def _smtp(r: _Reader, t: dict[str, Any]) -> SmtpConfig:
         tags_header=tags_header,
         default_configuration_set=r.opt_string(t, "smtp.default_configuration_set"),
         allowed_clients=r.networks(t, "smtp.allowed_clients", d.allowed_clients),
+    )
+
+
+def _storage(r: _Reader, t: dict[str, Any]) -> StorageConfig:
+    r.no_unknown(t, "storage", {"path", "retention_days", "stats_retention_days", "body_retention_days"})
+    d = StorageConfig()
+    body = t.get("body_retention_days", d.body_retention_days)
+    if isinstance(body, bool) or not isinstance(body, (int, float)) or body < 0:
+        r.fail("storage.body_retention_days", "a number >= 0", body)
+    return StorageConfig(
+        path=r.string(t, "storage.path", d.path),
+        retention_days=r.number(t, "storage.retention_days", d.retention_days),
+        stats_retention_days=r.number(t, "storage.stats_retention_days", d.stats_retention_days),
+        body_retention_days=float(body),
     )
 
 

@@ -23,6 +23,7 @@ from relay.metrics import Metrics
 from relay.outcomes import Reply, judge
 from relay.retry import RetryPolicy
 from relay.spool import Job, Spool, put_statements, result_statements
+from relay.store.counting import NOTICE_TAG
 from relay.tokens import Signer
 from relay.upstream import Upstream
 
@@ -218,7 +219,8 @@ class Deliverer:
             attempts.pop(rcpt, None)
         finished = not attempts
         stmts = result_statements(job.message_id, delivered=v.delivered, bounced=v.bounced,
-                                  deferred=v.deferred, finished=finished)
+                                  deferred=v.deferred, finished=finished,
+                                  keep_body=self._config.storage.body_retention_days > 0)
         events: list[tuple[dict[str, Any], str | None]] = [*job.pending_events, *v.events]
         for record, about in events:
             stmts += self._bus.statements(job.configuration_set, record, about)
@@ -261,7 +263,8 @@ class Deliverer:
         info = records.MailInfo(
             message_id=mid, timestamp=datetime.fromtimestamp(now, timezone.utc), source="",
             destination=(job.mail_from,), headers=(), headers_truncated=False,
-            common_headers={}, tags={})
+            common_headers={"subject": "Undelivered Mail Returned to Sender"},
+            tags={NOTICE_TAG: ["dsn"]})  # relay's own mail: shown in timelines, not counted as sent
         return Job(message_id=mid, accepted_at=now, configuration_set=None, mail_from="",
                    mail=info, tracked=False, attempts={job.mail_from: 0}, due=now, data=data)
 

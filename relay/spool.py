@@ -69,15 +69,17 @@ def put_statements(job: Job) -> list[Statement]:
 def result_statements(message_id: str, *, delivered: Sequence[tuple[str, str]] = (),
                       bounced: Sequence[tuple[str, str]] = (),
                       deferred: Sequence[tuple[str, int, float, str]] = (),
-                      finished: bool = False) -> list[Statement]:
-    """Record one attempt: (rcpt, reply) delivered/bounced, (rcpt, attempts, next_at, reply) deferred."""
+                      finished: bool = False, keep_body: bool = False) -> list[Statement]:
+    """Record one attempt: (rcpt, reply) delivered/bounced, (rcpt, attempts, next_at, reply) deferred.
+
+    keep_body: a finished message keeps its body (for the dashboard's preview) until prune()."""
     upd = "UPDATE recipients SET state = ?, last_reply = ? WHERE message_id = ? AND recipient = ?"
     stmts: list[Statement] = [(upd, ("delivered", reply, message_id, r)) for r, reply in delivered]
     stmts += [(upd, ("bounced", reply, message_id, r)) for r, reply in bounced]
     stmts += [("UPDATE recipients SET attempts = ?, next_attempt_at = ?, last_reply = ? "
                "WHERE message_id = ? AND recipient = ?", (n, at, reply, message_id, r))
               for r, n, at, reply in deferred]
-    if finished:
+    if finished and not keep_body:
         # Every recipient is final: the body is no longer needed (bounded growth);
         # the mail row stays for the tracking window's events.
         stmts.append(("UPDATE messages SET data = NULL WHERE id = ?", (message_id,)))
@@ -112,17 +114,25 @@ class Spool:
             job.due = min(job.due, next_at)
         return list(jobs.values())
 
-    async def prune(self, before: float) -> None:
-        """Forget finished messages accepted before `before` (bounded growth; Postal #1137).
+    async def prune(self, before: float, *, bodies_before: float | None = None) -> None:
+        """Forget finished messages accepted before `before` (bounded growth; Postal #1137),
+        and the bodies of finished messages accepted before `bodies_before`.
 
         Hits after that are past the tracking window: still served from the token, not recorded.
         """
         finished = ("SELECT id FROM messages m WHERE m.accepted_at < ? AND NOT EXISTS "
                     "(SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state = 'pending')")
-        await self._store.write([
+        stmts: list[Statement] = [
             (f"DELETE FROM recipients WHERE message_id IN ({finished})", (before,)),
             (f"DELETE FROM messages WHERE id IN ({finished})", (before,)),
-        ])
+            # Ids start with the acceptance time in hex ms, so they compare like times.
+            ("DELETE FROM engagement WHERE message_id < ?", (f"{int(before * 1000):016x}",)),
+            ("DELETE FROM link_engagement WHERE message_id < ?", (f"{int(before * 1000):016x}",)),
+        ]
+        if bodies_before is not None:
+            stmts.append((f"UPDATE messages SET data = NULL WHERE data IS NOT NULL AND id IN ({finished})",
+                          (bodies_before,)))
+        await self._store.write(stmts)
 
     async def load_data(self, message_id: str) -> bytes | None:
         row = await self._store.fetchone("SELECT data FROM messages WHERE id = ?", (message_id,))

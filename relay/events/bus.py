@@ -14,7 +14,7 @@ from typing import Any, Mapping, Protocol
 from relay.config import ConfigurationSet
 from relay.events.records import EVENT_TYPE_KEYS as EVENT_KEYS
 from relay.limits import LogThrottle
-from relay.store import Statement, Store
+from relay.store import Statement, Store, counting
 
 log = logging.getLogger("relay.events")
 
@@ -81,20 +81,22 @@ class EventBus:
         self._throttle = LogThrottle(60.0)
 
     def statements(self, configuration_set: str | None, record: Mapping[str, Any],
-                   recipient: str | None = None) -> list[Statement]:
-        """Rows for every enabled destination of the set that matches the record's type."""
+                   recipient: str | None = None, *, recipient_count: int | None = None) -> list[Statement]:
+        """Rows that count the event for reading (always: SES's sending statistics count
+        everything) and hand it to every enabled destination of the set matching its type."""
         cset = self._sets.get(configuration_set or "")
+        event = make_event(cset.name if cset else "", record, recipient)
+        out: list[Statement] = counting.statements(
+            event_id=event.event_id, configuration_set=event.configuration_set, message_id=event.message_id,
+            recipient=recipient, event_type=event.event_type, timestamp=event.timestamp, body=event.body,
+            record=record, recipient_count=recipient_count,
+            open_tracked=bool(cset and cset.tracks_opens), click_tracked=bool(cset and cset.tracks_clicks))
         if cset is None:
-            return []  # SES: no configuration set, no event publishing
-        key = EVENT_KEYS[record["eventType"]]
-        event: Event | None = None
-        out: list[Statement] = []
+            return out  # SES: no configuration set, no event publishing
+        key = EVENT_KEYS[event.event_type]
         for dest in cset.event_destinations:
-            if not dest.matches(key):
-                continue
-            if event is None:
-                event = make_event(cset.name, record, recipient)
-            out += self._destinations[(cset.name, dest.name)].statements(event)
+            if dest.matches(key):
+                out += self._destinations[(cset.name, dest.name)].statements(event)
         return out
 
     def committed(self) -> None:

@@ -133,7 +133,8 @@ class IntakeHandler:
                   attempts={r: 0 for r in dict.fromkeys(rcpts)}, due=now, data=accepted.data)
         try:
             # The Send event is committed with the message: a crash cannot lose one.
-            await self._spool.put(job, self._bus.statements(job.configuration_set, records.send_event(mail)))
+            await self._spool.put(job, self._bus.statements(job.configuration_set, records.send_event(mail),
+                                                            recipient_count=len(job.attempts)))
         except Exception:  # noqa: BLE001 - nothing is accepted that is not stored
             log.exception("could not spool a message from %s", peer)
             self._metrics.smtp_transactions.labels(result="failed").inc()

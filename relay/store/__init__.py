@@ -1,4 +1,5 @@
-# The SQLite file: schema, and the single writer that group-commits.
+# The SQLite file: schema, and the single writer that group-commits. All SQL lives
+# in this package: counting.py builds the read model's rows, reads.py queries them.
 # Every write goes through Store.write(); concurrent callers are batched into one
 # transaction and one fsync (WAL, synchronous=FULL), then each caller is released.
 # The writer is a plain sqlite3 connection owned by one thread, so a whole batch
@@ -65,6 +66,53 @@ CREATE TABLE IF NOT EXISTS file_outbox (
 );
 CREATE INDEX IF NOT EXISTS file_order ON file_outbox(destination, seq);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The read model (relay.store.counting writes it with every event, whatever the
+-- configuration set's destinations; relay.store.reads queries it). '' = no set.
+CREATE TABLE IF NOT EXISTS event_log (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    configuration_set TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    recipient TEXT,
+    event_type TEXT NOT NULL,                -- SES eventType
+    at REAL NOT NULL,                        -- unix seconds of the event's timestamp
+    link TEXT,                               -- Click: the original URL
+    body TEXT NOT NULL                       -- the SES-format JSON record
+);
+CREATE INDEX IF NOT EXISTS event_log_at ON event_log(at);
+CREATE INDEX IF NOT EXISTS event_log_message ON event_log(message_id, seq);
+CREATE INDEX IF NOT EXISTS event_log_recipient ON event_log(recipient, seq);
+CREATE INDEX IF NOT EXISTS event_log_type ON event_log(event_type, at);
+-- Counters per UTC hour, set and metric (a counts key, or recipients, uniqueOpen,
+-- uniqueClick, deliveredOpenTracked, deliveredClickTracked): stats never read events.
+CREATE TABLE IF NOT EXISTS stats_hourly (
+    hour INTEGER NOT NULL, configuration_set TEXT NOT NULL, metric TEXT NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (hour, configuration_set, metric)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stats_tags_hourly (
+    hour INTEGER NOT NULL, configuration_set TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
+    metric TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (name, value, hour, configuration_set, metric)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stats_links_hourly (
+    hour INTEGER NOT NULL, configuration_set TEXT NOT NULL, link TEXT NOT NULL,
+    clicks INTEGER NOT NULL, unique_clicks INTEGER NOT NULL,
+    PRIMARY KEY (hour, configuration_set, link)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stats_link_tags_hourly (
+    hour INTEGER NOT NULL, configuration_set TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
+    clicks INTEGER NOT NULL, PRIMARY KEY (hour, configuration_set, name, value)) WITHOUT ROWID;
+-- All-time totals (never pruned: Prometheus counters must not go down).
+CREATE TABLE IF NOT EXISTS event_totals (
+    configuration_set TEXT NOT NULL, event_type TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (configuration_set, event_type)) WITHOUT ROWID;
+-- Who opened/clicked what, for unique counts; kept for the tracking window (ids sort by time).
+CREATE TABLE IF NOT EXISTS engagement (
+    message_id TEXT NOT NULL, recipient TEXT NOT NULL, opens INTEGER NOT NULL, clicks INTEGER NOT NULL,
+    PRIMARY KEY (message_id, recipient)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS link_engagement (
+    message_id TEXT NOT NULL, recipient TEXT NOT NULL, link TEXT NOT NULL,
+    PRIMARY KEY (message_id, recipient, link)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS message_tags (
+    message_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (name, value, message_id)) WITHOUT ROWID;
 """
 
 Statement = tuple[str, Sequence[Any]]
