@@ -10,27 +10,27 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from relay.admin import queries
+from relay import stats
 from relay.config import Config
 from relay.metrics import Metrics
 from relay.store import Store
 
 QUEUE_STATES = ("pending", "delivered", "bounced")
-NO_SET_LABEL = ""  # configuration_set label of mail sent without a set
+# Mail sent without a configuration set has configuration_set="" (stats.NO_SET).
 
 
 class StoreSnapshot:
     """A collector over values read from the store just before the scrape is rendered."""
 
-    def __init__(self, *, events: Mapping[tuple[str | None, str], int], queue: Mapping[str, int],
+    def __init__(self, *, events: Mapping[tuple[str, str], int], queue: Mapping[str, int],
                  outbox: Mapping[str, int]) -> None:
         self._events, self._queue, self._outbox = events, queue, outbox
 
     def collect(self) -> Iterator[Metric]:
         events = CounterMetricFamily("relay_events", "Events relay produced, all processes, since the store began",
                                      labels=["configuration_set", "event_type"])
-        for (cset, event_type), n in sorted(self._events.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
-            events.add_metric([cset or NO_SET_LABEL, event_type], n)
+        for (cset, event_type), n in sorted(self._events.items(), key=lambda kv: kv[0]):
+            events.add_metric([cset, event_type], n)
         yield events
         queue = GaugeMetricFamily("relay_queue_recipients", "Recipients in the spool by state",
                                   labels=["state"])
@@ -57,9 +57,9 @@ class MetricsEndpoint:
         # Every configured webhook destination appears, 0 when its outbox is empty.
         outbox = {f"{cset.name}/{d.name}": 0 for cset in self._config.configuration_sets.values()
                   for d in cset.event_destinations if d.type == "webhook"}
-        outbox.update(await queries.webhook_outbox(self._store))
-        snapshot = StoreSnapshot(events=await queries.event_totals(self._store),
-                                 queue=await queries.queue_recipients(self._store), outbox=outbox)
+        outbox.update(await stats.webhook_outbox(self._store))
+        totals = {(cset, event_type): n for cset, event_type, n in await stats.totals(self._store)}
+        snapshot = StoreSnapshot(events=totals, queue=await stats.queue(self._store), outbox=outbox)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(snapshot)
         registry.register(self._metrics)
