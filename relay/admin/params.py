@@ -27,6 +27,8 @@ def configuration_set(query: Mapping[str, str]) -> str | None:
 
 
 def period(query: Mapping[str, str], now: datetime) -> stats.Period:
+    for name in ("since", "until"):
+        time(query, name, now)  # an error that names the parameter
     try:
         return stats.parse_period(query.get("since") or None, query.get("until") or None, now=now)
     except stats.PeriodError as e:
