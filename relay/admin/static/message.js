@@ -4,8 +4,7 @@
 document.addEventListener("DOMContentLoaded", () => {
   const box = document.getElementById("timeline");
   const live = document.getElementById("live");
-  const url = (after) => `/messages/${encodeURIComponent(box.dataset.message)}/timeline?after=${after}`
-    + (location.search.match(/[?&]r=\d+/) ? "&" + location.search.match(/r=\d+/)[0] : "");
+  const url = (after) => `/messages/${encodeURIComponent(box.dataset.message)}/timeline?after=${after}`;
   async function poll() {
     try {
       const response = await fetch(url(box.dataset.after), { credentials: "same-origin", cache: "no-store" });
