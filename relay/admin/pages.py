@@ -3,6 +3,7 @@
 # live refresh, and the preview of the copy one recipient received.
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from aiohttp import web
 from relay import stats
 from relay.admin import params, preview, timeline
 from relay.admin.api import now_utc
+from relay.admin.preview import Copy
 from relay.config import Config
 from relay.store import Store
 from relay.tokens import Signer
@@ -37,6 +39,7 @@ PREVIEW_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data: cid
 PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 _URL = re.compile(r"https?://[^\s<>\"']+")
 _MAX_SCAN = 100
+BIG_BODY = 64 * 1024
 
 
 def environment() -> jinja2.Environment:
@@ -199,14 +202,21 @@ class Pages:
         body = await stats.message_body(self._store, message_id) if doc is not None else None
         if doc is None or body is None or index >= len(doc["message"].get("destination", [])):
             return web.Response(status=404, text="not found\n", headers=PAGE_HEADERS)
-        raw = preview.recipient_copy(body, doc["message"], index, config=self._config, signer=self._signer)
-        copy = preview.body_parts(raw)
+        if len(body) > BIG_BODY:  # like delivery: a large newsletter is parsed off the event loop
+            copy = await asyncio.to_thread(self._copy, body, doc["message"], index)
+        else:
+            copy = self._copy(body, doc["message"], index)
         images = " http: https:" if request.query.get("images") == "1" else ""
         csp = PREVIEW_CSP.format(images=images)
         if copy.html is not None:
             return web.Response(text=preview.open_links_outside(copy.html), content_type="text/html",
                                 headers={**PAGE_HEADERS, "Content-Security-Policy": csp})
         return self.render("preview_text.html", csp=csp, runs=_runs(copy.text or ""))
+
+
+    def _copy(self, body: bytes, mail: dict[str, Any], index: int) -> Copy:
+        raw = preview.recipient_copy(body, mail, index, config=self._config, signer=self._signer)
+        return preview.body_parts(raw)
 
 
 def _runs(text: str) -> list[tuple[bool, str]]:

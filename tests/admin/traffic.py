@@ -139,8 +139,9 @@ async def send_known_traffic(t: Traffic) -> None:
                              ["alice@example.org", "bob@example.org", "nobody@example.org"])
     t.plain_id = await submit(t.relay.smtp_port, _message("Plain note", cset=None), ["carol@example.org"])
     t.hooks_id = await submit(t.relay.smtp_port, _message("Hooked", cset="hooks"), ["dave@example.org"])
-    # alice, bob, carol, dave and the DSN to ana for nobody's 550
+    # alice, bob, carol, dave and the DSN to ana for nobody's 550, each outcome recorded
     await wait_for(lambda: len(t.upstream.messages) >= 5, 30)
+    await wait_for(lambda: t.relay.query("SELECT count(*) FROM recipients WHERE state != 'pending'") == [(6,)], 30)
     for received in t.upstream.messages:
         if received.rcpts[0] in ("alice@example.org", "bob@example.org"):
             links, pixel = tracking_urls(received.data)
