@@ -71,7 +71,8 @@ class Pages:
         app.router.add_get("/messages/{id}/preview/{index:\\d+}", self.preview)
 
     def render(self, name: str, *, status: int = 200, csp: str = PAGE_CSP, **context: Any) -> web.Response:
-        html = self.env.get_template(name).render(signed_in=self._auth_required, **context)
+        context.setdefault("signed_in", self._auth_required)  # offers "Sign out"
+        html = self.env.get_template(name).render(**context)
         return web.Response(text=html, status=status, content_type="text/html",
                             headers={**PAGE_HEADERS, "Content-Security-Policy": csp})
 

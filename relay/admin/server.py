@@ -31,7 +31,7 @@ MAX_CONNECTIONS = 64
 MAX_CONNECTIONS_PER_CLIENT = 32
 HEADER_TIMEOUT = 10.0
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
-OPEN_PATHS = ("/login", "/static/")
+OPEN_PATHS = ("/login", "/logout", "/static/")
 
 
 class AdminServer:
@@ -90,7 +90,7 @@ class AdminServer:
                 response = error(401, "unauthorized: send Authorization: Bearer <[admin] token>")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="relay"'
                 return response
-            return self.pages.render("login.html", status=401, next=request.path_qs, failed=False)
+            return self.pages.render("login.html", status=401, next=request.path_qs, failed=False, signed_in=False)
         return await handler(request)
 
     async def static(self, request: web.Request) -> web.Response:
@@ -109,14 +109,15 @@ class AdminServer:
         return response
 
     async def login_form(self, request: web.Request) -> web.Response:
-        return self.pages.render("login.html", next=_local(request.query.get("next", "/")), failed=False)
+        return self.pages.render("login.html", next=_local(request.query.get("next", "/")), failed=False,
+                                 signed_in=False)
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
         token, target = str(form.get("token", "")), _local(str(form.get("next", "/")))
         if not self.auth.check_token(token):
             log.warning("admin: failed sign-in from %s", request.remote)  # never the value tried
-            return self.pages.render("login.html", status=401, next=target, failed=True)
+            return self.pages.render("login.html", status=401, next=target, failed=True, signed_in=False)
         response = web.HTTPSeeOther(target)
         self.auth.sign_in(response, secure=request.secure)
         return response

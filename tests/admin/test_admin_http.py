@@ -145,6 +145,7 @@ async def test_token_guards_every_page_but_login_and_static(tmp_path: Path) -> N
         # A person gets the login form, which sets an HttpOnly, SameSite=Strict cookie.
         status, _, page = await get(f"{t.admin}/?since=24h")
         assert status == 401 and 'name="token"' in page and 'value="/?since=24h"' in page
+        assert 'action="/logout"' not in page  # nobody to sign out yet
         assert (await get(f"{t.admin}/static/style.css"))[0] == 200
         async with aiohttp.ClientSession() as s:
             async with s.post(f"{t.admin}/login", data={"token": "not the token at all", "next": "/"},
@@ -157,7 +158,7 @@ async def test_token_guards_every_page_but_login_and_static(tmp_path: Path) -> N
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and traffic.TOKEN not in cookie
         value = cookie.split(";", 1)[0]
         status, _, page = await get(f"{t.admin}/", headers={"Cookie": value})
-        assert status == 200 and 'id="per-set"' in page
+        assert status == 200 and 'id="per-set"' in page and 'action="/logout"' in page
         assert (await get(f"{t.admin}/api/stats", headers={"Cookie": value}))[0] == 200
         assert (await get(f"{t.admin}/", headers={"Cookie": "relay_admin=forged"}))[0] == 401
     finally:
