@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from relay import retention
+from relay.admin import AdminServer
 from relay.config import Config
 from relay.config import warnings as config_warnings
 from relay.delivery import Deliverer, Schedule
@@ -20,6 +21,7 @@ from relay.events.file import FileDestination
 from relay.events.sqlite import SqliteDestination
 from relay.events.webhook import WebhookDestination
 from relay.limits import LogThrottle
+from relay.metrics import Metrics
 from relay.smtp import IntakeHandler, SmtpServer
 from relay.spool import Spool
 from relay.store import Store, new_secret
@@ -36,6 +38,8 @@ class App:
         self.store = Store(config.storage.path)
         self.smtp: SmtpServer | None = None
         self.tracking: TrackingServer | None = None
+        self.admin: AdminServer | None = None
+        self.metrics = Metrics()  # this process's counters, read by the admin /metrics
         self._stack = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
@@ -80,7 +84,7 @@ class App:
         upstream = make_upstream(config.upstream, local_hostname=config.smtp.hostname)
         stack.push_async_callback(upstream.close)
         self.deliverer = Deliverer(config=config, spool=self.spool, upstream=upstream, bus=self.bus,
-                                   signer=self.signer, schedule=self.schedule)
+                                   signer=self.signer, schedule=self.schedule, metrics=self.metrics)
         for job in await self.spool.pending():  # resume at once after a restart
             job.due = 0.0
             self.schedule.add(job)
@@ -88,14 +92,20 @@ class App:
         stack.push_async_callback(self.deliverer.stop)
 
         self.tracking = TrackingServer(config=config, signer=self.signer, spool=self.spool, bus=self.bus,
-                                       store=self.store)
+                                       store=self.store, metrics=self.metrics)
         await self.tracking.start()
         stack.push_async_callback(self.tracking.stop)
+
+        if config.admin is not None:
+            self.admin = AdminServer(config=config, store=self.store, signer=self.signer, metrics=self.metrics)
+            await self.admin.start()
+            stack.push_async_callback(self.admin.stop)
 
         prune = asyncio.create_task(self._prune_forever(), name="prune")
         stack.push_async_callback(_cancel, prune)
 
-        handler = IntakeHandler(config=config, spool=self.spool, schedule=self.schedule, bus=self.bus)
+        handler = IntakeHandler(config=config, spool=self.spool, schedule=self.schedule, bus=self.bus,
+                                metrics=self.metrics)
         self.smtp = SmtpServer(config, handler)
         await self.smtp.start()
         stack.push_async_callback(self.smtp.stop)
@@ -181,7 +191,8 @@ async def serve(config: Config) -> None:
     except BaseException:
         await app.stop()  # undo what did start (e.g. the tracking port was taken)
         raise
-    print(f"relay: SMTP listening on {config.smtp.listen}; tracking on {config.tracking.listen}; "
+    admin = f"; admin on http://{config.admin.listen}/" if config.admin is not None else ""
+    print(f"relay: SMTP listening on {config.smtp.listen}; tracking on {config.tracking.listen}{admin}; "
           f"upstream {config.upstream.safe_url}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -123,6 +123,18 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AdminConfig:
+    """The admin listener: JSON API, /metrics and the dashboard (never the public tracking port)."""
+
+    listen: Listen = Listen(host="127.0.0.1", port=8025)
+    # Bearer token (or login form) for every request; required off loopback.
+    token: str | None = field(default=None, repr=False)
+
+
+ADMIN_TOKEN_MIN = 16
+
+
+@dataclass(frozen=True, kw_only=True)
 class EventDestination:
     name: str
     type: str
@@ -163,6 +175,8 @@ class Config:
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
     configuration_sets: Mapping[str, ConfigurationSet] = field(default_factory=dict)
+    # None: no admin listener (a config file without an [admin] section).
+    admin: AdminConfig | None = None
 
 
 def in_networks(ip: str, networks: tuple[Any, ...]) -> bool:
@@ -203,6 +217,7 @@ def default_config() -> Config:
     return Config(
         smtp=SmtpConfig(default_configuration_set="default"),
         configuration_sets={"default": default},
+        admin=AdminConfig(),  # so a newcomer finds the dashboard on 127.0.0.1:8025
     )
 
 
@@ -223,7 +238,7 @@ def load(path: str | Path) -> Config:
 
 def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     r = _Reader(source)
-    known = {"smtp", "upstream", "tracking", "storage", "configuration_sets"}
+    known = {"smtp", "upstream", "tracking", "storage", "configuration_sets", "admin"}
     r.no_unknown(data, "", known)
     smtp = _smtp(r, r.table(data, "smtp"))
     upstream = _upstream(r, r.table(data, "upstream"))
@@ -240,8 +255,9 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     default = smtp.default_configuration_set
     if default is not None and default not in sets:
         r.fail("smtp.default_configuration_set", f"the name of a [configuration_sets.*] table ({', '.join(sets) or 'none defined'})", default)
+    admin = _admin(r, r.table(data, "admin"), smtp, tracking) if "admin" in data else None
     return Config(source=source, smtp=smtp, upstream=upstream, tracking=tracking,
-                  storage=storage, configuration_sets=sets)
+                  storage=storage, configuration_sets=sets, admin=admin)
 
 
 class _Reader:
@@ -476,6 +492,28 @@ def _tracking(r: _Reader, t: dict[str, Any]) -> TrackingConfig:
         header_timeout=r.number(t, "tracking.header_timeout", d.header_timeout),
         keepalive_timeout=r.number(t, "tracking.keepalive_timeout", d.keepalive_timeout),
     )
+
+
+def _admin(r: _Reader, t: dict[str, Any], smtp: SmtpConfig, tracking: TrackingConfig) -> AdminConfig:
+    r.no_unknown(t, "admin", {"listen", "token"})
+    listen = r.listen(t, "admin.listen", AdminConfig().listen)
+    # The tracking port faces the internet; the admin pages must never be served there.
+    for key, other in (("tracking.listen", tracking.listen), ("smtp.listen", smtp.listen)):
+        if _overlap(listen, other):
+            r.fail("admin.listen", f"an address other than {key} ({other})", str(listen))
+    token = t.get("token")
+    if token is not None and (not isinstance(token, str) or len(token) < ADMIN_TOKEN_MIN or token != token.strip()):
+        r.fail("admin.token", f"a string of at least {ADMIN_TOKEN_MIN} characters", "<redacted>")
+    if token is None and not in_networks(listen.host, LOOPBACK):
+        r.fail("admin.token", f"a token of at least {ADMIN_TOKEN_MIN} characters, required since admin.listen "
+               f"({listen}) is not loopback", None)
+    return AdminConfig(listen=listen, token=token)
+
+
+def _overlap(a: Listen, b: Listen) -> bool:
+    """Whether two listeners would take the same port (a wildcard host takes every address)."""
+    wildcard = ("0.0.0.0", "::", "")
+    return a.port == b.port and a.port != 0 and (a.host == b.host or a.host in wildcard or b.host in wildcard)
 
 
 def _configuration_set(r: _Reader, key: str, name: str, t: dict[str, Any]) -> ConfigurationSet:

@@ -19,6 +19,7 @@ from relay.events.bus import EventBus
 from relay.headers import split_header_block
 from relay.instrument import TrackingOptions, personalize, prepare
 from relay.intake import new_message_id
+from relay.metrics import Metrics
 from relay.outcomes import Reply, judge
 from relay.retry import RetryPolicy
 from relay.spool import Job, Spool, put_statements, result_statements
@@ -80,8 +81,9 @@ class Schedule:
 
 class Deliverer:
     def __init__(self, *, config: Config, spool: Spool, upstream: Upstream, bus: EventBus,
-                 signer: Signer, schedule: Schedule) -> None:
+                 signer: Signer, schedule: Schedule, metrics: Metrics | None = None) -> None:
         self._config = config
+        self._metrics = metrics or Metrics()
         self._spool = spool
         self._upstream = upstream
         self._bus = bus
@@ -135,8 +137,10 @@ class Deliverer:
                 return
         if job.replies is None:
             recipients = list(job.attempts)
+            started = time.perf_counter()
             try:
                 job.replies = await self._send(job, recipients)
+                self._metrics.delivery_attempt_seconds.observe(time.perf_counter() - started)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - whatever broke, these copies were not sent

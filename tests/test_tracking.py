@@ -154,7 +154,10 @@ async def test_pixel_and_redirects_record_per_recipient(tracked) -> None:
     lines = await wait_for(lambda: len((relay.tmp / "events.jsonl").read_text().splitlines()) == 12
                            and (relay.tmp / "events.jsonl").read_text().splitlines())
     assert {json.loads(x)["eventType"] for x in lines} == {"Open", "Click"}
-    clicks_only = (relay.tmp / "clicks.jsonl").read_text().splitlines()
+    # Each file destination publishes from its own outbox rows, at its own pace.
+    clicks_only = await wait_for(lambda: (relay.tmp / "clicks.jsonl").exists()
+                                 and len((relay.tmp / "clicks.jsonl").read_text().splitlines()) >= 6
+                                 and (relay.tmp / "clicks.jsonl").read_text().splitlines())
     assert len(clicks_only) == 6 and {json.loads(x)["eventType"] for x in clicks_only} == {"Click"}
     assert not (relay.tmp / "disabled.jsonl").exists()
     assert len(db_events(relay, "Open")) == 6 and len(db_events(relay, "Click")) == 6  # no HEAD among them

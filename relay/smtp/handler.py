@@ -18,6 +18,7 @@ from relay.errors import Rejected
 from relay.events import records
 from relay.events.bus import EventBus
 from relay.limits import LogThrottle
+from relay.metrics import Metrics
 from relay.smtp import address as addresses
 from relay.smtp.replies import (
     AUTH_REQUIRED,
@@ -36,8 +37,10 @@ log = logging.getLogger("relay.smtp")
 
 
 class IntakeHandler:
-    def __init__(self, *, config: Config, spool: Spool, schedule: Schedule, bus: EventBus) -> None:
+    def __init__(self, *, config: Config, spool: Spool, schedule: Schedule, bus: EventBus,
+                 metrics: Metrics | None = None) -> None:
         self._config = config
+        self._metrics = metrics or Metrics()
         self._spool = spool
         self._schedule = schedule
         self._bus = bus
@@ -128,6 +131,7 @@ class IntakeHandler:
             log.info("refused a message from %s: <%s> -> %d recipient(s): %s", peer, sender, len(rcpts), e.reply,
                      extra={"outcome": "refused", "peer": peer, "sender": sender, "recipients": len(rcpts),
                             "reply": e.reply})
+            self._metrics.smtp_transactions.labels(result="rejected").inc()
             return e.reply
         del raw
         cset = accepted.configuration_set
@@ -150,9 +154,11 @@ class IntakeHandler:
                           peer, sender, len(rcpts), TEMP_FAILURE,
                           extra={"outcome": "refused", "peer": peer, "sender": sender, "recipients": len(rcpts),
                                  "reply": TEMP_FAILURE})
+            self._metrics.smtp_transactions.labels(result="failed").inc()
             return TEMP_FAILURE
         self._bus.committed()
         self._schedule.add(job)
+        self._metrics.smtp_transactions.labels(result="accepted").inc()
         log.info("accepted %s from %s: <%s> -> %d recipient(s), configuration set %s",
                  job.message_id, peer, job.mail_from, len(rcpts), job.configuration_set or "-",
                  extra={"outcome": "accepted", "message_id": job.message_id, "peer": peer, "sender": job.mail_from,

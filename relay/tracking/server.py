@@ -19,6 +19,7 @@ from aiohttp import web
 from relay.config import Config, in_networks
 from relay.events.bus import EventBus
 from relay.limits import ConnectionLimits, connection_budget
+from relay.metrics import Metrics
 from relay.spool import Spool
 from relay.store import Store
 from relay.tokens import MAX_LINK_PATH, Signer
@@ -54,8 +55,10 @@ def max_connections(config: Config, nofile: int | None = None) -> int:
 
 class TrackingServer:
     def __init__(self, *, config: Config, signer: Signer, spool: Spool, bus: EventBus,
-                 store: Store | None = None, clock: Callable[[], float] = time.time) -> None:
+                 store: Store | None = None, clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None) -> None:
         self._config = config
+        self._hits = (metrics or Metrics()).tracking_hits
         self._signer = signer
         self._store = store  # only its last_error is read: /healthz runs no query
         self._proxies = config.tracking.trusted_proxies
@@ -123,9 +126,11 @@ class TrackingServer:
     async def open(self, request: web.Request) -> web.Response:
         claim = self._signer.verify_open(request.match_info["token"])
         if claim is None:
+            self._hits.labels(kind="invalid").inc()
             return web.Response(status=404, text="not found\n")
         # HEAD is a link checker or a proxy's prefetch, not someone reading: answered, not recorded.
         if request.method == "GET":
+            self._hits.labels(kind="open").inc()
             self.recorder.hit(claim, self.client_ip(request), request.headers.get("User-Agent", ""))
         return web.Response(body=PIXEL, headers=PIXEL_HEADERS)
 
@@ -136,8 +141,10 @@ class TrackingServer:
         claim = self._signer.verify_click(rest) if "/" in rest else self._signer.verify_legacy_click(rest)
         # Never an open redirect: only an http(s) URL carried in a valid token.
         if claim is None or not claim.url.lower().startswith(("http://", "https://")):
+            self._hits.labels(kind="invalid").inc()
             return web.Response(status=404, text="not found\n")
         if request.method == "GET":
+            self._hits.labels(kind="click").inc()
             self.recorder.hit(claim, self.client_ip(request), request.headers.get("User-Agent", ""))
         # A plain Response is about twice as fast as raising HTTPFound.
         return web.Response(status=302, headers={"Location": _location(claim.url), **NO_CACHE})
