@@ -117,15 +117,16 @@ def check_config(config_path: str | None) -> None:
 # --- reading the storage file --------------------------------------------------------
 
 @contextlib.asynccontextmanager
-async def _reading(cfg: config_mod.Config) -> AsyncIterator[Store]:
+async def _reading(cfg: config_mod.Config, *, write: bool = False) -> AsyncIterator[Store]:
     """The storage file, opened beside a running `relay serve` (WAL: readers never block
-    its writer). Never created here: a missing file is a wrong directory or --config."""
+    its writer), read-only unless `write`. Never created here: a missing file is a wrong
+    directory or --config."""
     path = cfg.storage.path
     if not os.path.exists(path):
         _fail(f"no storage file at {path} ({cfg.source}): start relay serve first, or pass --config", 1)
     store = Store(path)
     try:
-        await store.open()
+        await store.open(readonly=not write)
     except (OSError, sqlite3.Error) as e:  # e.g. not ours to open: one line, not a traceback
         await store.close()
         _fail(f"cannot open the storage file {path}: {e}", 1)
@@ -331,7 +332,7 @@ def prune_command(config_path: str | None) -> None:
     cfg = _load(config_path)
 
     async def run() -> None:
-        async with _reading(cfg) as store:
+        async with _reading(cfg, write=True) as store:
             await retention.prune(store, cfg, now=time.time())
 
     asyncio.run(run())

@@ -182,3 +182,16 @@ async def test_events_timeline_and_retention(store: Store) -> None:
     gone = await stats.stats(store, configuration_set=None, period=stats.Period(NOW - timedelta(days=2), NOW))
     assert gone["counts"]["send"] == 0
     assert ("news", "Send", 1) in await stats.totals(store)
+
+
+async def test_readonly_store_reads_and_refuses_writes(tmp_path: Path, store: Store) -> None:
+    await Traffic(store).send("news", ["a@x.test"], NOW)
+    reader = Store(str(tmp_path / "relay.db"))
+    await reader.open(readonly=True)  # beside the writer, as the CLI runs beside relay serve
+    try:
+        listed = await stats.messages(reader)
+        assert [m["recipients"] for m in listed] == [1]
+        with pytest.raises(RuntimeError, match="not open for writing"):
+            await reader.write([("DELETE FROM messages", ())])
+    finally:
+        await reader.close()

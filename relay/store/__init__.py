@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pathlib
 import secrets
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -134,7 +135,14 @@ class Store:
         # /healthz reports it, since every message gets 451 meanwhile.
         self.last_error: str | None = None
 
-    async def open(self) -> None:
+    async def open(self, *, readonly: bool = False) -> None:
+        """Open the file; readonly: a reader beside a running `relay serve` (the CLI), which
+        creates nothing, changes nothing and needs no write permission."""
+        if readonly:
+            uri = f"{pathlib.Path(os.path.abspath(self.path)).as_uri()}?mode=ro"
+            self._reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            await self._reader.execute("PRAGMA busy_timeout=5000")
+            return
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
         # The file holds every spooled message and the token secret: owner only. SQLite
@@ -170,6 +178,8 @@ class Store:
 
     async def write(self, statements: Iterable[Statement]) -> None:
         """Run the statements atomically; return once they are durably committed."""
+        if self._task is None:
+            raise RuntimeError("store is not open for writing")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((list(statements), fut))
         await fut
