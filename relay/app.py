@@ -109,10 +109,10 @@ class App:
         self.smtp = SmtpServer(config, handler)
         await self.smtp.start()
         stack.push_async_callback(self.smtp.stop)
-        log.info("relay: SMTP on %s, upstream %s, storage %s", config.smtp.listen,
+        log.info("SMTP on %s, upstream %s, storage %s", config.smtp.listen,
                  config.upstream.safe_url, config.storage.path)
         for warning in config_warnings(config):
-            log.warning("relay: %s", warning)
+            log.warning("%s", warning)
 
     async def stop(self) -> None:
         await self._stack.aclose()
@@ -143,7 +143,7 @@ def raise_open_files_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
         except (ValueError, OSError) as e:  # e.g. an unlimited hard limit the kernel caps lower
-            log.warning("relay: could not raise the open files limit from %d to %d: %s", soft, hard, e)
+            log.warning("could not raise the open files limit from %d to %d: %s", soft, hard, e)
     return soft
 
 
@@ -162,7 +162,7 @@ def exception_handler(throttle: LogThrottle) -> Any:
         message = str(context.get("message", ""))
         if message.startswith(RETRY_AFTER_CLOSE) and isinstance(context.get("exception"), (OSError, ValueError)):
             # A retry asyncio scheduled after such a failure, run once the listener was closed.
-            log.debug("relay: accept retry after the listener closed: %s", context.get("exception"))
+            log.debug("accept retry after the listener closed: %s", context.get("exception"))
             return
         if message != ACCEPT_FAILED:
             loop.default_exception_handler(context)
@@ -175,7 +175,7 @@ def exception_handler(throttle: LogThrottle) -> Any:
         key = f"accept:{where}"
         swallowed = throttle.suppressed(key)
         if throttle.should_log(key):
-            log.error("relay: cannot accept connections on %s: %s (out of file descriptors or memory; "
+            log.error("cannot accept connections on %s: %s (out of file descriptors or memory; "
                       "%d more such failures since the last line; retrying)",
                       where, context.get("exception"), swallowed)
     return handle
@@ -184,7 +184,7 @@ def exception_handler(throttle: LogThrottle) -> Any:
 async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(exception_handler(LogThrottle(60.0)))
-    log.info("relay: open files limit %d", raise_open_files_limit())
+    log.info("open files limit %d", raise_open_files_limit())
     app = App(config)
     try:
         await app.start()
@@ -200,6 +200,6 @@ async def serve(config: Config) -> None:
     try:
         await stop.wait()
     finally:
-        log.info("relay: shutting down")
+        log.info("shutting down")
         await app.stop()
         print("relay: stopped", flush=True)
