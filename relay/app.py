@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import resource
 import signal
+import socket
 import time
 from typing import Any
 
@@ -15,7 +15,7 @@ from relay import retention
 from relay.admin import AdminServer
 from relay.config import Config
 from relay.config import warnings as config_warnings
-from relay.delivery import Deliverer, Schedule
+from relay.delivery import Deliverer, Handoff, Schedule
 from relay.events.bus import Destination, EventBus
 from relay.events.file import FileDestination
 from relay.events.sqlite import SqliteDestination
@@ -25,6 +25,7 @@ from relay.metrics import Metrics
 from relay.smtp import IntakeHandler, SmtpServer
 from relay.spool import Spool
 from relay.store import Store, new_secret
+from relay.supervisor import Role, raise_open_files_limit
 from relay.tokens import Signer
 from relay.tracking import TrackingServer
 from relay.upstream import make_upstream
@@ -33,8 +34,10 @@ log = logging.getLogger("relay")
 
 
 class App:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, role: Role | None = None) -> None:
         self.config = config
+        self.role = role  # None: the only process; else one of several (relay.supervisor)
+        self.primary = role is None or role.primary
         self.store = Store(config.storage.path)
         self.smtp: SmtpServer | None = None
         self.tracking: TrackingServer | None = None
@@ -72,8 +75,9 @@ class App:
                 else:
                     assert d.url is not None
                     dest = WebhookDestination(name, d.url, d.secret, self.store)
-                await dest.start()
-                stack.push_async_callback(dest.close)
+                if self.primary:  # the others only write its outbox rows
+                    await dest.start()
+                    stack.push_async_callback(dest.close)
                 destinations[(cset.name, d.name)] = dest
         self.bus = EventBus(config.configuration_sets, destinations, self.store)
         await self.bus.start()
@@ -81,33 +85,42 @@ class App:
 
         self.spool = Spool(self.store)
         self.schedule = Schedule()
-        upstream = make_upstream(config.upstream, local_hostname=config.smtp.hostname)
-        stack.push_async_callback(upstream.close)
-        self.deliverer = Deliverer(config=config, spool=self.spool, upstream=upstream, bus=self.bus,
-                                   signer=self.signer, schedule=self.schedule, metrics=self.metrics)
-        for job in await self.spool.pending():  # resume at once after a restart
-            job.due = 0.0
-            self.schedule.add(job)
-        self.deliverer.start(config.upstream.connections)
-        stack.push_async_callback(self.deliverer.stop)
+        handoff: Schedule | Handoff = self.schedule
+        if self.primary:
+            upstream = make_upstream(config.upstream, local_hostname=config.smtp.hostname)
+            stack.push_async_callback(upstream.close)
+            self.deliverer = Deliverer(config=config, spool=self.spool, upstream=upstream, bus=self.bus,
+                                       signer=self.signer, schedule=self.schedule, metrics=self.metrics)
+            for job in await self.spool.pending():  # resume at once after a restart
+                job.due = 0.0
+                self.schedule.add(job)
+            self.deliverer.start(config.upstream.connections)
+            stack.push_async_callback(self.deliverer.stop)
+            if self.role is not None:
+                adopt = asyncio.create_task(self._adopt_forever(self.role.handoff), name="handoff")
+                stack.push_async_callback(_cancel, adopt)
+        else:
+            assert self.role is not None
+            handoff = Handoff(self.role.handoff)  # the primary delivers what this process accepts
 
         self.tracking = TrackingServer(config=config, signer=self.signer, spool=self.spool, bus=self.bus,
                                        store=self.store, metrics=self.metrics)
-        await self.tracking.start()
+        await self.tracking.start(sock=self.role.tracking_socket if self.role else None)
         stack.push_async_callback(self.tracking.stop)
 
-        if config.admin is not None:
+        if config.admin is not None and self.primary:
             self.admin = AdminServer(config=config, store=self.store, signer=self.signer, metrics=self.metrics)
             await self.admin.start()
             stack.push_async_callback(self.admin.stop)
 
-        prune = asyncio.create_task(self._prune_forever(), name="prune")
-        stack.push_async_callback(_cancel, prune)
+        if self.primary:
+            prune = asyncio.create_task(self._prune_forever(), name="prune")
+            stack.push_async_callback(_cancel, prune)
 
-        handler = IntakeHandler(config=config, spool=self.spool, schedule=self.schedule, bus=self.bus,
+        handler = IntakeHandler(config=config, spool=self.spool, schedule=handoff, bus=self.bus,
                                 metrics=self.metrics)
         self.smtp = SmtpServer(config, handler)
-        await self.smtp.start()
+        await self.smtp.start(sock=self.role.smtp_socket if self.role else None)
         stack.push_async_callback(self.smtp.stop)
         log.info("SMTP on %s, upstream %s, storage %s", config.smtp.listen,
                  config.upstream.safe_url, config.storage.path)
@@ -116,6 +129,37 @@ class App:
 
     async def stop(self) -> None:
         await self._stack.aclose()
+
+    async def _adopt_forever(self, handoff: socket.socket, poll: float = 5.0) -> None:
+        """Primary of several processes: deliver what the others spooled. Ids arrive over
+        the hand-off socket at once; the spool is re-read every `poll` seconds for any id
+        whose datagram was lost (a full socket buffer). The others' commits also carry
+        outbox rows, so the destinations are woken on the same beat."""
+        loop = asyncio.get_running_loop()
+        arrived = asyncio.Event()
+        loop.add_reader(handoff.fileno(), arrived.set)
+        last_poll = 0.0
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), 0.25)
+                arrived.clear()
+                ids: list[str] = []
+                while len(ids) < 10_000:
+                    try:
+                        ids.append(handoff.recv(256).decode("ascii", "replace"))
+                    except (BlockingIOError, InterruptedError):
+                        break
+                if time.monotonic() - last_poll > poll:
+                    last_poll = time.monotonic()
+                    ids += await self.spool.pending_ids()
+                for mid in dict.fromkeys(ids):
+                    if mid not in self.schedule.owned:
+                        for job in await self.spool.pending(message_id=mid):
+                            self.schedule.add(job)
+                self.bus.committed()
+        finally:
+            loop.remove_reader(handoff.fileno())
 
     async def _prune_forever(self) -> None:
         """Apply the retention settings (relay.retention), hourly or sooner for short windows."""
@@ -133,18 +177,6 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-def raise_open_files_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (every connection is a descriptor)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as e:  # e.g. an unlimited hard limit the kernel caps lower
-            log.warning("could not raise the open files limit from %d to %d: %s", soft, hard, e)
-    return soft
 
 
 ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message, Python 3.11-3.13
@@ -181,19 +213,24 @@ def exception_handler(throttle: LogThrottle) -> Any:
     return handle
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, role: Role | None = None) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(exception_handler(LogThrottle(60.0)))
-    log.info("open files limit %d", raise_open_files_limit())
-    app = App(config)
+    limit = raise_open_files_limit()
+    if role is None or role.primary:
+        log.info("open files limit %d", limit)
+    app = App(config, role)
     try:
         await app.start()
     except BaseException:
         await app.stop()  # undo what did start (e.g. the tracking port was taken)
         raise
-    admin = f"; admin on http://{config.admin.listen}/" if config.admin is not None else ""
-    print(f"relay: SMTP listening on {config.smtp.listen}; tracking on {config.tracking.listen}{admin}; "
-          f"upstream {config.upstream.safe_url}", flush=True)
+    primary = role is None or role.primary
+    if primary:  # one line for the whole service, however many processes serve
+        admin = f"; admin on http://{config.admin.listen}/" if config.admin is not None else ""
+        processes = f"; {role.count} processes" if role is not None else ""
+        print(f"relay: SMTP listening on {config.smtp.listen}; tracking on {config.tracking.listen}{admin}; "
+              f"upstream {config.upstream.safe_url}{processes}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -202,4 +239,5 @@ async def serve(config: Config) -> None:
     finally:
         log.info("shutting down")
         await app.stop()
-        print("relay: stopped", flush=True)
+        if primary:
+            print("relay: stopped", flush=True)

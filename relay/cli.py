@@ -94,6 +94,14 @@ def serve(config_path: str | None, log_level: str, log_format: str) -> None:
     """Accept mail over SMTP, spool it, deliver it upstream and serve tracking."""
     cfg = _load(config_path)
     logs.configure(level=log_level, log_format=log_format)
+    if cfg.server.processes > 1:
+        from relay import supervisor
+
+        try:
+            sys.exit(supervisor.run(cfg))
+        except OSError as e:  # e.g. the port is taken: one clear line, non-zero exit
+            click.echo(f"relay: cannot start: {e}", err=True)
+            sys.exit(1)
     from relay.app import serve as run
 
     try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -167,9 +168,21 @@ class ConfigurationSet:
         return self.publishes("click")
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    # Serving processes sharing the SMTP and tracking ports (SO_REUSEPORT) over the one
+    # storage file; the first also delivers. 1: one process, as before.
+    processes: int = field(default_factory=_cores)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     source: str = "<embedded default>"
+    server: ServerConfig = field(default_factory=ServerConfig)
     smtp: SmtpConfig = SmtpConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -238,7 +251,7 @@ def load(path: str | Path) -> Config:
 
 def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     r = _Reader(source)
-    known = {"smtp", "upstream", "tracking", "storage", "configuration_sets", "admin"}
+    known = {"server", "smtp", "upstream", "tracking", "storage", "configuration_sets", "admin"}
     r.no_unknown(data, "", known)
     smtp = _smtp(r, r.table(data, "smtp"))
     upstream = _upstream(r, r.table(data, "upstream"))
@@ -256,7 +269,10 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     if default is not None and default not in sets:
         r.fail("smtp.default_configuration_set", f"the name of a [configuration_sets.*] table ({', '.join(sets) or 'none defined'})", default)
     admin = _admin(r, r.table(data, "admin"), smtp, tracking) if "admin" in data else None
-    return Config(source=source, smtp=smtp, upstream=upstream, tracking=tracking,
+    server_table = r.table(data, "server")
+    r.no_unknown(server_table, "server", {"processes"})
+    server = ServerConfig(processes=r.integer(server_table, "server.processes", _cores()))
+    return Config(source=source, server=server, smtp=smtp, upstream=upstream, tracking=tracking,
                   storage=storage, configuration_sets=sets, admin=admin)
 
 

@@ -4,10 +4,12 @@
 # no prometheus_client global registry. Store-backed metrics are in relay/admin/metrics.py.
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 SMTP_RESULTS = ("accepted", "rejected", "failed")  # 250, 5xx refusal, 4xx (could not spool)
 HIT_KINDS = ("open", "click", "invalid")  # invalid: a token that does not verify (404)
@@ -34,5 +36,15 @@ class Metrics:
             self.tracking_hits.labels(kind=kind)
 
     def collect(self) -> Iterator[Metric]:
-        """This object is itself a collector, so a scrape can add it to a registry of its own."""
-        yield from self.registry.collect()
+        """This object is itself a collector, so a scrape can add it to a registry of its own.
+
+        With several serving processes (relay.supervisor sets PROMETHEUS_MULTIPROC_DIR before
+        any of them imports prometheus_client), each writes its values to files there and
+        this sums every process's."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            yield from self.registry.collect()
+            return
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined, path=directory)
+        yield from combined.collect()

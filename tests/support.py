@@ -123,7 +123,8 @@ class RelayProcess:
 
     def __init__(self, tmp: Path, config_body: str, *, smtp_port: int | None = None,
                  http_port: int | None = None, upstream_url: str | None = None,
-                 nofile: tuple[int, int] | None = None, serve_args: tuple[str, ...] = ()) -> None:
+                 nofile: tuple[int, int] | None = None, serve_args: tuple[str, ...] = (),
+                 processes: int | None = None) -> None:
         self.tmp = tmp
         self.serve_args = serve_args  # extra `relay serve` options, e.g. ("--log-format", "json")
         self.nofile = nofile  # RLIMIT_NOFILE (soft, hard) for the child, as `ulimit -n` would set
@@ -131,7 +132,8 @@ class RelayProcess:
         self.http_port = http_port or free_port()
         self.db = tmp / "relay.db"
         self.config_path = tmp / "relay.toml"
-        header = (
+        # processes: [server] processes (default: the number of cores, as relay's own default).
+        header = (f"[server]\nprocesses = {processes}\n" if processes is not None else "") + (
             f'[smtp]\nlisten = "127.0.0.1:{self.smtp_port}"\nhostname = "relay.test"\n'
             f'[tracking]\nlisten = "127.0.0.1:{self.http_port}"\n'
             f'[storage]\npath = "{self.db}"\n'

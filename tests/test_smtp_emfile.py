@@ -16,7 +16,8 @@ class LimitedRelay(RelayProcess):
     """`relay serve` started under RLIMIT_NOFILE = (soft, hard)."""
 
     def __init__(self, tmp: Path, soft: int, hard: int, smtp_keys: str = "") -> None:
-        super().__init__(tmp, PLAIN_SET, upstream_url="maildir:outbox", nofile=(soft, hard))
+        # One process: these tests are about one process's own descriptor budget.
+        super().__init__(tmp, PLAIN_SET, upstream_url="maildir:outbox", nofile=(soft, hard), processes=1)
         self.config_path.write_text(self.config_path.read_text().replace(
             'hostname = "relay.test"\n', 'hostname = "relay.test"\n' + smtp_keys))
 

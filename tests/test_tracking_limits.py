@@ -200,7 +200,8 @@ async def test_idle_connections_at_the_fd_limit_starve_neither_health_nor_intake
     more idle ones from several, than its share of descriptors (the "auto" total)."""
     up = await Upstream().start()
     # Soft and hard at 256: relay serve raises its soft limit to the hard one, as it should.
-    relay = RelayProcess(tmp_path, TRACKED, upstream_url=f"smtp://127.0.0.1:{up.port}", nofile=(256, 256))
+    relay = RelayProcess(tmp_path, TRACKED, upstream_url=f"smtp://127.0.0.1:{up.port}", nofile=(256, 256),
+                         processes=1)  # one process's own descriptor budget
     relay.config_path.write_text(relay.config_path.read_text().replace(
         "[tracking]\n", "[tracking]\nheader_timeout = 5\n", 1))
     writers: list[asyncio.StreamWriter] = []

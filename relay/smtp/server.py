@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 import ssl
 import time
 import warnings
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP
 
@@ -108,7 +109,8 @@ class SmtpServer:
         self._protocols.add(proto)
         return proto
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on smtp.listen, or on `sock` (one of several processes' sockets)."""
         smtp = self._config.smtp
         total = connection_cap(self._config)
         self._shared = Shared(
@@ -121,8 +123,9 @@ class SmtpServer:
         )
         log.info("SMTP: at most %d connections, %d per client; %d DATA bytes in memory at once",
                  total, smtp.max_connections_per_client, smtp.max_concurrent_data_bytes)
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Gate(self), host=smtp.listen.host, port=smtp.listen.port)
+        where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": smtp.listen.host,
+                                                                          "port": smtp.listen.port}
+        self._server = await asyncio.get_running_loop().create_server(lambda: _Gate(self), **where)
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting; let DATA in flight finish (and be spooled); close sessions."""

@@ -143,16 +143,7 @@ class Store:
             self._reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
             await self._reader.execute("PRAGMA busy_timeout=5000")
             return
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
-        # The file holds every spooled message and the token secret: owner only. SQLite
-        # gives the -wal and -shm files the database file's mode; files from before
-        # this rule are tightened too.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        for path in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
-            with contextlib.suppress(OSError):  # absent, or not ours to change
-                if os.stat(path).st_mode & 0o077:
-                    os.chmod(path, 0o600)
+        self._create_file()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-store-writer")
         self._writer = await self._in_writer(self._connect)
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -212,6 +203,24 @@ class Store:
         row = await self.fetchone("SELECT value FROM settings WHERE key = ?", (key,))
         assert row is not None
         return str(row[0])
+
+    def _create_file(self) -> None:
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        # The file holds every spooled message and the token secret: owner only. SQLite
+        # gives the -wal and -shm files the database file's mode; files from before
+        # this rule are tightened too.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+            with contextlib.suppress(OSError):  # absent, or not ours to change
+                if os.stat(path).st_mode & 0o077:
+                    os.chmod(path, 0o600)
+
+    def prepare(self) -> None:
+        """Create the file and its schema, synchronously (before serving processes fork,
+        so none of them races another to create it)."""
+        self._create_file()
+        self._connect().close()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -9,6 +9,7 @@ import base64
 import ipaddress
 import re
 import resource
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,7 +80,8 @@ class TrackingServer:
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on tracking.listen, or on `sock` (one of several processes' sockets)."""
         tracking = self._config.tracking
         handler_args: dict[str, Any] = dict(
             access_log=None,  # no access log: URLs carry tokens
@@ -96,9 +98,10 @@ class TrackingServer:
         loop = asyncio.get_running_loop()
         # Our own listener instead of web.TCPSite, so that each connection gets the
         # guarded protocol; the runner still owns the app's lifecycle and shutdown.
+        where: dict[str, Any] = ({"sock": sock} if sock is not None else
+                                 {"host": tracking.listen.host, "port": tracking.listen.port, "reuse_address": True})
         self._server = await loop.create_server(
-            lambda: GuardedHandler(manager, loop=loop, guard=guard, **handler_args),
-            host=tracking.listen.host, port=tracking.listen.port, reuse_address=True)
+            lambda: GuardedHandler(manager, loop=loop, guard=guard, **handler_args), **where)
 
     async def stop(self) -> None:
         server, self._server = self._server, None

@@ -1,0 +1,215 @@
+# Several serving processes over the one storage file ([server] processes > 1). The
+# parent binds the listening sockets — one SO_REUSEPORT socket per process and port,
+# so the kernel spreads connections over the processes and a taken port fails here,
+# once — then forks the workers and forwards SIGTERM/SIGINT to them. Worker 0, the
+# primary, is the only one that delivers mail, publishes to webhook and file
+# destinations, prunes and serves the admin listener; the others accept mail and serve
+# tracking hits, and hand each spooled message's id to the primary over a datagram
+# socket (the primary also re-reads the spool now and then, so none is ever missed).
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+
+from relay.config import Config, Listen
+from relay.store import Store
+
+log = logging.getLogger("relay")
+
+STOP_GRACE = 45.0  # seconds the parent waits for workers after SIGTERM (each gives delivery 30 s)
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Role:
+    """What one serving process is: its index, its sockets, its end of the hand-off."""
+
+    index: int
+    count: int
+    smtp_socket: socket.socket
+    tracking_socket: socket.socket
+    handoff: socket.socket  # the primary receives message ids on it; the others send
+
+    @property
+    def primary(self) -> bool:
+        return self.index == 0
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (every connection is a descriptor)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:  # e.g. an unlimited hard limit the kernel caps lower
+            log.warning("could not raise the open files limit from %d to %d: %s", soft, hard, e)
+    return soft
+
+
+
+def _probe(family: int, address: tuple[object, ...], wait: float) -> None:
+    """Fail (EADDRINUSE) if anything listens on the address, SO_REUSEPORT sockets of another
+    relay included, which would otherwise silently share the port with us. A predecessor
+    just killed (its workers die with it) gets `wait` seconds to let go."""
+    deadline = time.monotonic() + wait
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(0.05)
+
+
+def bind(listen: Listen, *, count: int, key: str = "listen", wait: float = 3.0) -> list[socket.socket]:
+    """`count` listening sockets on one address and port (SO_REUSEPORT when count > 1).
+    A failure names the configuration key and the address, in one line."""
+    try:
+        return _bind(listen, count=count, wait=wait)
+    except OSError as e:
+        raise OSError(e.errno, f"{key} {listen}: {e.strerror or e}") from None
+
+
+def _bind(listen: Listen, *, count: int, wait: float) -> list[socket.socket]:
+    infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    if count > 1 and address[1] != 0:
+        _probe(family, address, wait)
+    out: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            out.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if count > 1:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(address)
+            if address[1] == 0:  # port 0: the others join the port the first one got
+                address = (address[0], s.getsockname()[1], *address[2:])
+            s.listen(1024)
+            s.setblocking(False)
+    except BaseException:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
+def run(config: Config) -> int:
+    """Serve with config.server.processes processes; returns the exit status."""
+    count = config.server.processes
+    # Counters of every process in one /metrics (prometheus-client's multiprocess mode:
+    # each process writes its values to files here; the primary sums them at a scrape).
+    metrics_dir = tempfile.mkdtemp(prefix="relay-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    raise_open_files_limit()  # inherited by every worker
+    Store(config.storage.path).prepare()
+    smtp = bind(config.smtp.listen, count=count, key="smtp.listen")
+    try:
+        tracking = bind(config.tracking.listen, count=count, key="tracking.listen")
+    except BaseException:
+        for s in smtp:
+            s.close()
+        raise
+    receive, send = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receive.setblocking(False)
+    send.setblocking(False)
+    pids: dict[int, int] = {}
+    for index in range(count):
+        pid = os.fork()
+        if pid == 0:
+            _worker(config, Role(index, count, smtp[index], tracking[index], receive if index == 0 else send),
+                    [*smtp, *tracking, receive, send])
+        pids[pid] = index
+    for s in [*smtp, *tracking, receive, send]:
+        s.close()
+    return _supervise(pids, metrics_dir)
+
+
+def _worker(config: Config, role: Role, inherited: list[socket.socket]) -> None:
+    """In the child: serve until told to stop; never returns."""
+    code = 1
+    try:
+        # Die with the parent (kill -9 of `relay serve` stops everything at once).
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        for s in inherited:
+            if s not in (role.smtp_socket, role.tracking_socket, role.handoff):
+                s.close()
+        import asyncio
+
+        from relay.app import serve
+
+        asyncio.run(serve(config, role=role))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:
+        code = 0
+    except BaseException as e:  # noqa: BLE001 - one clear line, then the parent stops the rest
+        if isinstance(e, OSError):
+            print(f"relay: worker {role.index} cannot serve: {e}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc()
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _supervise(pids: dict[int, int], metrics_dir: str) -> int:
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    deadline: float | None = None
+    try:
+        while pids:
+            if stopping and deadline is None:
+                deadline = time.monotonic() + STOP_GRACE
+            if deadline is not None and time.monotonic() > deadline:
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                deadline = float("inf")
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                time.sleep(0.05)
+                continue
+            index = pids.pop(pid)
+            code = os.waitstatus_to_exitcode(wait_status)
+            if code != 0:
+                status = status or 1
+            if not stopping:
+                # A worker ended on its own (a crash, or it could not start): stop the
+                # others and exit, so whatever supervises relay restarts it whole.
+                log.error("worker %d ended unexpectedly (exit %s): stopping", index, code)
+                status = 1
+                forward(signal.SIGTERM, None)
+    finally:
+        for name in os.listdir(metrics_dir):
+            os.unlink(os.path.join(metrics_dir, name))
+        os.rmdir(metrics_dir)
+    return status
