@@ -234,6 +234,8 @@ async def serve(config: Config, role: Role | None = None) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # A worker of several blocked them until now (relay.supervisor): a pending one arrives here.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         await stop.wait()
     finally:

@@ -8,6 +8,7 @@
 # socket (the primary also re-reads the spool now and then, so none is ever missed).
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -130,6 +131,7 @@ def run(config: Config) -> int:
     receive.setblocking(False)
     send.setblocking(False)
     pids: dict[int, int] = {}
+    stopping = _install_forwarding(pids)
     for index in range(count):
         pid = os.fork()
         if pid == 0:
@@ -138,13 +140,16 @@ def run(config: Config) -> int:
         pids[pid] = index
     for s in [*smtp, *tracking, receive, send]:
         s.close()
-    return _supervise(pids, metrics_dir)
+    return _supervise(pids, stopping, metrics_dir)
 
 
 def _worker(config: Config, role: Role, inherited: list[socket.socket]) -> None:
     """In the child: serve until told to stop; never returns."""
     code = 1
     try:
+        # SIGTERM waits until the worker can shut down gracefully (relay.app.serve
+        # unblocks it once its handlers are in place), even if it comes during start-up.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         # Die with the parent (kill -9 of `relay serve` stops everything at once).
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         for s in inherited:
@@ -170,13 +175,19 @@ def _worker(config: Config, role: Role, inherited: list[socket.socket]) -> None:
         os._exit(code)
 
 
-def _supervise(pids: dict[int, int], metrics_dir: str) -> int:
-    stopping = False
+@dataclass
+class _Stopping:
+    requested: bool = False
+
+
+def _install_forwarding(pids: dict[int, int]) -> _Stopping:
+    """SIGTERM/SIGINT to the parent: forwarded to every worker (installed before forking,
+    so a signal during start-up is not lost; workers replace it with their own)."""
+    stopping = _Stopping()
 
     def forward(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in pids:
+        stopping.requested = True
+        for pid in list(pids):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -184,12 +195,19 @@ def _supervise(pids: dict[int, int], metrics_dir: str) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    return stopping
+
+
+def _supervise(pids: dict[int, int], stopping: _Stopping, metrics_dir: str) -> int:
     status = 0
     deadline: float | None = None
     try:
         while pids:
-            if stopping and deadline is None:
+            if stopping.requested and deadline is None:
                 deadline = time.monotonic() + STOP_GRACE
+                for pid in pids:  # again: one forked while the signal came may have missed it
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
             if deadline is not None and time.monotonic() > deadline:
                 for pid in pids:
                     os.kill(pid, signal.SIGKILL)
@@ -202,12 +220,12 @@ def _supervise(pids: dict[int, int], metrics_dir: str) -> int:
             code = os.waitstatus_to_exitcode(wait_status)
             if code != 0:
                 status = status or 1
-            if not stopping:
+            if not stopping.requested:
                 # A worker ended on its own (a crash, or it could not start): stop the
                 # others and exit, so whatever supervises relay restarts it whole.
                 log.error("worker %d ended unexpectedly (exit %s): stopping", index, code)
                 status = 1
-                forward(signal.SIGTERM, None)
+                os.kill(os.getpid(), signal.SIGTERM)  # through forward(): stop the others
     finally:
         for name in os.listdir(metrics_dir):
             os.unlink(os.path.join(metrics_dir, name))
