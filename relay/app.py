@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ from relay import retention
 from relay.admin import AdminServer
 from relay.config import Config
 from relay.config import warnings as config_warnings
-from relay.delivery import Deliverer, Handoff, Schedule
+from relay.delivery import Deliverer, Schedule
 from relay.events.bus import Destination, EventBus
 from relay.events.file import FileDestination
 from relay.events.sqlite import SqliteDestination
@@ -85,23 +84,23 @@ class App:
 
         self.spool = Spool(self.store)
         self.schedule = Schedule()
-        handoff: Schedule | Handoff = self.schedule
+        upstream = make_upstream(config.upstream, local_hostname=config.smtp.hostname)
+        stack.push_async_callback(upstream.close)
+        # Every process delivers what it accepted itself (no hand-off, no second read of
+        # the message); what was pending before the service started is resumed once, by
+        # the primary.
+        self.deliverer = Deliverer(config=config, spool=self.spool, upstream=upstream, bus=self.bus,
+                                   signer=self.signer, schedule=self.schedule, metrics=self.metrics)
         if self.primary:
-            upstream = make_upstream(config.upstream, local_hostname=config.smtp.hostname)
-            stack.push_async_callback(upstream.close)
-            self.deliverer = Deliverer(config=config, spool=self.spool, upstream=upstream, bus=self.bus,
-                                       signer=self.signer, schedule=self.schedule, metrics=self.metrics)
-            for job in await self.spool.pending():  # resume at once after a restart
+            before = self.role.started_at if self.role is not None else None
+            for job in await self.spool.pending(accepted_before=before):  # resume at once after a restart
                 job.due = 0.0
                 self.schedule.add(job)
-            self.deliverer.start(config.upstream.connections)
-            stack.push_async_callback(self.deliverer.stop)
-            if self.role is not None:
-                adopt = asyncio.create_task(self._adopt_forever(self.role.handoff), name="handoff")
-                stack.push_async_callback(_cancel, adopt)
-        else:
-            assert self.role is not None
-            handoff = Handoff(self.role.handoff)  # the primary delivers what this process accepts
+        self.deliverer.start(config.upstream.connections)
+        stack.push_async_callback(self.deliverer.stop)
+        if self.role is not None and self.primary:
+            wake = asyncio.create_task(self._wake_destinations_forever(), name="wake-destinations")
+            stack.push_async_callback(_cancel, wake)
 
         self.tracking = TrackingServer(config=config, signer=self.signer, spool=self.spool, bus=self.bus,
                                        store=self.store, metrics=self.metrics)
@@ -117,7 +116,7 @@ class App:
             prune = asyncio.create_task(self._prune_forever(), name="prune")
             stack.push_async_callback(_cancel, prune)
 
-        handler = IntakeHandler(config=config, spool=self.spool, schedule=handoff, bus=self.bus,
+        handler = IntakeHandler(config=config, spool=self.spool, schedule=self.schedule, bus=self.bus,
                                 metrics=self.metrics)
         self.smtp = SmtpServer(config, handler)
         await self.smtp.start(sock=self.role.smtp_socket if self.role else None)
@@ -130,36 +129,12 @@ class App:
     async def stop(self) -> None:
         await self._stack.aclose()
 
-    async def _adopt_forever(self, handoff: socket.socket, poll: float = 5.0) -> None:
-        """Primary of several processes: deliver what the others spooled. Ids arrive over
-        the hand-off socket at once; the spool is re-read every `poll` seconds for any id
-        whose datagram was lost (a full socket buffer). The others' commits also carry
-        outbox rows, so the destinations are woken on the same beat."""
-        loop = asyncio.get_running_loop()
-        arrived = asyncio.Event()
-        loop.add_reader(handoff.fileno(), arrived.set)
-        last_poll = 0.0
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), 0.25)
-                arrived.clear()
-                ids: list[str] = []
-                while len(ids) < 10_000:
-                    try:
-                        ids.append(handoff.recv(256).decode("ascii", "replace"))
-                    except (BlockingIOError, InterruptedError):
-                        break
-                if time.monotonic() - last_poll > poll:
-                    last_poll = time.monotonic()
-                    ids += await self.spool.pending_ids()
-                for mid in dict.fromkeys(ids):
-                    if mid not in self.schedule.owned:
-                        for job in await self.spool.pending(message_id=mid):
-                            self.schedule.add(job)
-                self.bus.committed()
-        finally:
-            loop.remove_reader(handoff.fileno())
+    async def _wake_destinations_forever(self, every: float = 0.25) -> None:
+        """Primary of several processes: the others' commits carry outbox rows too, which
+        their own wake-up cannot reach; the destinations here look on this beat."""
+        while True:
+            await asyncio.sleep(every)
+            self.bus.committed()
 
     async def _prune_forever(self) -> None:
         """Apply the retention settings (relay.retention), hourly or sooner for short windows."""

@@ -8,7 +8,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import socket
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
@@ -49,16 +48,7 @@ class Schedule:
         self._max_held = max_held_bytes
         self.held_bytes = 0
         self.closed = False
-        # Messages this process delivers (waiting or in an attempt), so one that another
-        # process handed over is never taken on twice.
-        self.owned: set[str] = set()
-
-    def done(self, message_id: str) -> None:
-        """Every recipient of the message is final."""
-        self.owned.discard(message_id)
-
     def add(self, job: Job) -> None:
-        self.owned.add(job.message_id)
         if job.data is not None:
             if self.held_bytes + len(job.data) > self._max_held:
                 job.data = None  # it is in the spool
@@ -86,21 +76,6 @@ class Schedule:
     def close(self) -> None:
         self.closed = True
         self._changed.set()
-
-
-class Handoff:
-    """Where a process that does not deliver puts what it accepted: the message id goes
-    to the primary process over a datagram socket (relay.supervisor). A lost datagram
-    (a full buffer) only delays the message until the primary re-reads the spool."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def add(self, job: Job) -> None:
-        job.data = None  # the primary reads it from the spool
-        job.prepared = None
-        with contextlib.suppress(OSError):
-            self._sock.send(job.message_id.encode("ascii", "replace"))
 
 
 class Deliverer:
@@ -158,7 +133,6 @@ class Deliverer:
             job.data = await self._spool.load_data(job.message_id)
             if job.data is None:
                 log.error("message %s has pending recipients but no data; dropping them", job.message_id)
-                self._schedule.done(job.message_id)
                 return
         if job.replies is None:
             recipients = list(job.attempts)
@@ -265,9 +239,7 @@ class Deliverer:
         # long upstream outage costs disk, not RAM.
         job.data = None
         job.prepared = None
-        if finished:
-            self._schedule.done(job.message_id)
-        else:
+        if not finished:
             job.due = min(at for _, _, at, _ in v.deferred) if v.deferred else now
             self._schedule.add(job)
 

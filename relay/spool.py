@@ -97,14 +97,15 @@ class Spool:
     async def write(self, statements: Sequence[Statement]) -> None:
         await self._store.write(statements)
 
-    async def pending(self, message_id: str | None = None) -> list[Job]:
-        """Every message (or the one) with a pending recipient, as after a restart (data not loaded)."""
-        only = " AND m.id = ?" if message_id is not None else ""
+    async def pending(self, accepted_before: float | None = None) -> list[Job]:
+        """Every message (accepted before a time) with a pending recipient, as after a
+        restart (data not loaded)."""
+        before = " AND m.accepted_at < ?" if accepted_before is not None else ""
         rows = await self._store.fetchall(
             "SELECT m.id, m.accepted_at, m.configuration_set, m.mail_from, m.mail, m.tracked, "
             "r.recipient, r.attempts, r.next_attempt_at FROM recipients r JOIN messages m "
-            f"ON m.id = r.message_id WHERE r.state = 'pending'{only} ORDER BY m.id",
-            (message_id,) if message_id is not None else ())
+            f"ON m.id = r.message_id WHERE r.state = 'pending'{before} ORDER BY m.id",
+            (accepted_before,) if accepted_before is not None else ())
         jobs: dict[str, Job] = {}
         for mid, at, cset, sender, mail, tracked, rcpt, attempts, next_at in rows:
             job = jobs.get(mid)
@@ -115,11 +116,6 @@ class Spool:
             job.attempts[rcpt] = attempts
             job.due = min(job.due, next_at)
         return list(jobs.values())
-
-    async def pending_ids(self) -> list[str]:
-        """Ids of the messages with a pending recipient."""
-        rows = await self._store.fetchall("SELECT DISTINCT message_id FROM recipients WHERE state = 'pending'")
-        return [str(mid) for (mid,) in rows]
 
     async def prune(self, before: float, *, bodies_before: float | None = None) -> None:
         """Forget finished messages accepted before `before` (bounded growth; Postal #1137),

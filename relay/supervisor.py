@@ -1,11 +1,12 @@
 # Several serving processes over the one storage file ([server] processes > 1). The
 # parent binds the listening sockets — one SO_REUSEPORT socket per process and port,
 # so the kernel spreads connections over the processes and a taken port fails here,
-# once — then forks the workers and forwards SIGTERM/SIGINT to them. Worker 0, the
-# primary, is the only one that delivers mail, publishes to webhook and file
-# destinations, prunes and serves the admin listener; the others accept mail and serve
-# tracking hits, and hand each spooled message's id to the primary over a datagram
-# socket (the primary also re-reads the spool now and then, so none is ever missed).
+# once — prepares the storage file, forks the workers and forwards SIGTERM/SIGINT.
+# Each worker accepts mail, delivers what it accepted (retries included) and serves
+# tracking hits; worker 0, the primary, also resumes what was pending before the start,
+# publishes to webhook and file destinations, prunes and serves the admin listener.
+# A worker that ends on its own ends the service (workers also die with the parent),
+# so whatever supervises relay restarts it whole and the primary resumes everything.
 from __future__ import annotations
 
 import contextlib
@@ -38,7 +39,7 @@ class Role:
     count: int
     smtp_socket: socket.socket
     tracking_socket: socket.socket
-    handoff: socket.socket  # the primary receives message ids on it; the others send
+    started_at: float  # the primary resumes what was pending before this; the rest is its owner's
 
     @property
     def primary(self) -> bool:
@@ -127,18 +128,15 @@ def run(config: Config) -> int:
         for s in smtp:
             s.close()
         raise
-    receive, send = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    receive.setblocking(False)
-    send.setblocking(False)
+    started_at = time.time()
     pids: dict[int, int] = {}
     stopping = _install_forwarding(pids)
     for index in range(count):
         pid = os.fork()
         if pid == 0:
-            _worker(config, Role(index, count, smtp[index], tracking[index], receive if index == 0 else send),
-                    [*smtp, *tracking, receive, send])
+            _worker(config, Role(index, count, smtp[index], tracking[index], started_at), [*smtp, *tracking])
         pids[pid] = index
-    for s in [*smtp, *tracking, receive, send]:
+    for s in [*smtp, *tracking]:
         s.close()
     return _supervise(pids, stopping, metrics_dir)
 
@@ -153,7 +151,7 @@ def _worker(config: Config, role: Role, inherited: list[socket.socket]) -> None:
         # Die with the parent (kill -9 of `relay serve` stops everything at once).
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         for s in inherited:
-            if s not in (role.smtp_socket, role.tracking_socket, role.handoff):
+            if s not in (role.smtp_socket, role.tracking_socket):
                 s.close()
         import asyncio
 

@@ -13,7 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay import intake
 from relay.config import Config, in_networks
-from relay.delivery import Handoff, Schedule
+from relay.delivery import Schedule
 from relay.errors import Rejected
 from relay.events import records
 from relay.events.bus import EventBus
@@ -37,7 +37,7 @@ log = logging.getLogger("relay.smtp")
 
 
 class IntakeHandler:
-    def __init__(self, *, config: Config, spool: Spool, schedule: Schedule | Handoff, bus: EventBus,
+    def __init__(self, *, config: Config, spool: Spool, schedule: Schedule, bus: EventBus,
                  metrics: Metrics | None = None) -> None:
         self._config = config
         self._metrics = metrics or Metrics()
