@@ -71,7 +71,10 @@ class App:
                     dest = FileDestination(name, d.path, self.store)
                 else:
                     assert d.url is not None
-                    dest = WebhookDestination(name, d.url, d.secret, self.store)
+                    dest = WebhookDestination(
+                        name, d.url, d.secret, self.store, format=d.format, topic_arn=d.topic_arn,
+                        mail_destination=d.mail_destination, max_retry_seconds=config.webhook.max_retry_seconds,
+                        window=config.webhook.window, base_url=config.tracking.base_url)
                 await dest.start()
                 stack.push_async_callback(dest.close)
                 destinations[(cset.name, d.name)] = dest

@@ -10,24 +10,25 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
 
 from relay.events.bus import Event
 from relay.events.webhook import WebhookDestination, retry_after, sign, verify
-from relay.store import Store
+from relay.store import Store, webhooks
 
 SECRET = "whsec_test"
 WAIT = 10.0  # bound on every wait; the tests normally finish far sooner
 HANG = "hang"
 
 
-def make_event(n: int) -> Event:
+def make_event(n: int, message_id: str = "m") -> Event:
+    # One message by default: the order these tests check is kept per message.
     # Non-ASCII on purpose: the signature is over the UTF-8 bytes that are sent.
     body = json.dumps({"eventType": "Open", "n": n, "subject": "Grüße"}, ensure_ascii=False)
-    return Event(event_id=str(uuid.uuid4()), configuration_set="set", message_id=f"m{n}",
+    return Event(event_id=str(uuid.uuid4()), configuration_set="set", message_id=message_id,
                  recipient="to@example.com", event_type="Open",
                  timestamp="2024-01-01T00:00:00.000Z", body=body)
 
@@ -137,10 +138,10 @@ async def make_dest(store: Store, receiver: Receiver) -> AsyncIterator[Factory]:
     made: list[WebhookDestination] = []
 
     async def make(secret: str | None = SECRET, *, on: Store | None = None,
-                   **kw: float) -> WebhookDestination:
+                   **kw: Any) -> WebhookDestination:
         kw.setdefault("first_delay", 0.05)
         kw.setdefault("max_delay", 0.2)
-        d = WebhookDestination("set/hook", receiver.url, secret, on or store, **kw)  # type: ignore[arg-type]
+        d = WebhookDestination("set/hook", receiver.url, secret, on or store, **kw)
         await d.start()
         made.append(d)
         return d
@@ -281,7 +282,7 @@ async def _count(store: Store, n: int) -> bool:
     return len(await outbox(store)) == n
 
 
-async def test_4xx_is_tried_three_times_then_dropped(
+async def test_4xx_is_tried_three_times_then_dead_lettered(
         store: Store, receiver: Receiver, make_dest: Factory,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="relay.events")
@@ -296,12 +297,14 @@ async def test_4xx_is_tried_three_times_then_dropped(
     await until(lambda: _empty(store))
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(warnings) == 2 and len(errors) == 1
+    assert len(warnings) == 3 and len(errors) == 1
     for r in warnings + errors:
         message = r.getMessage()
         assert "set/hook" in message and "400" in message and first.event_id in message
         assert SECRET not in message
-    assert "dropped" in errors[0].getMessage()
+    assert "dead letters" in errors[0].getMessage()
+    dead = await webhooks.dead_letters(store)
+    assert [(r[1], r[2], r[5], r[8]) for r in dead] == [(first.event_id, "set/hook", 3, "HTTP 400")]
 
 
 async def test_429_honours_retry_after(store: Store, receiver: Receiver, make_dest: Factory) -> None:
@@ -343,3 +346,69 @@ async def test_close_is_bounded_and_keeps_unsent_events(
     await until(lambda: len(receiver.requests) == 1)
     await asyncio.wait_for(dest.close(), WAIT)  # the POST in flight is abandoned
     assert await outbox(store) == [(event.event_id, 0)]
+
+
+# --- sns format, mail_destination, dead letters ---------------------------------
+
+def record_event(event_type: str, recipient: str | None, message_id: str = "m") -> Event:
+    record = {"eventType": event_type, "mail": {"messageId": message_id, "destination": ["a@x.test", "b@x.test"]},
+              event_type.lower(): {"timestamp": "2024-01-01T00:00:00.000Z"}}
+    return Event(event_id=str(uuid.uuid4()), configuration_set="set", message_id=message_id, recipient=recipient,
+                 event_type=event_type, timestamp="2024-01-01T00:00:00.000Z", body=json.dumps(record))
+
+
+async def test_sns_format_posts_what_sns_posts(store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    await receiver.start()
+    dest = await make_dest(format="sns", mail_destination="recipient")
+    events = [record_event("Open", "b@x.test"), record_event("Send", None)]
+    for e in events:
+        await put(dest, store, e)
+    await until(lambda: len(receiver.requests) == 2)
+    for e, r in zip(events, receiver.requests, strict=True):
+        doc = json.loads(r.body)
+        assert set(doc) == {"Type", "MessageId", "TopicArn", "Message", "Timestamp", "UnsubscribeURL"}
+        assert doc["Type"] == "Notification" and doc["MessageId"] == e.event_id
+        assert doc["TopicArn"] == "arn:aws:sns:relay:000000000000:set-hook"
+        assert r.headers["x-amz-sns-message-type"] == "Notification"
+        assert r.headers["x-amz-sns-message-id"] == e.event_id
+        assert r.headers["x-amz-sns-topic-arn"] == doc["TopicArn"]
+        assert r.headers["Content-Type"] == "text/plain; charset=UTF-8"
+        assert verify(SECRET, r.headers["X-Relay-Timestamp"], r.body, r.headers["X-Relay-Signature"],
+                      now=time.time())
+    opened, sent = (json.loads(json.loads(r.body)["Message"]) for r in receiver.requests)
+    assert opened["mail"]["destination"] == ["b@x.test"]  # the one recipient it concerns
+    assert sent["mail"]["destination"] == ["a@x.test", "b@x.test"]  # Send concerns the message
+
+
+async def test_a_refused_event_is_dead_lettered_without_holding_others_then_replayed(
+        store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    refused = make_event(1, "stuck")
+    others = [make_event(n, f"m{n}") for n in range(2, 6)]
+    receiver.default = 200
+    await receiver.start()
+
+    async def picky(request: web.Request) -> web.Response:
+        body = (await request.read()).decode()
+        receiver.requests.append(Request(dict(request.headers), body))
+        return web.Response(status=500 if body == refused.body and not accept.is_set() else 200)
+    accept = asyncio.Event()
+    receiver._hook = picky  # type: ignore[method-assign]
+    await receiver.stop()
+    await receiver.start()
+    dest = await make_dest(max_retry_seconds=0.3, idle_poll=0.05)
+    await put(dest, store, refused)
+    for e in others:
+        await put(dest, store, e)
+    await until(lambda: {e.event_id for e in others} <= set(receiver.ids()))
+    async def dead() -> bool:
+        return len(await webhooks.dead_letters(store)) == 1
+    await until(dead)
+    assert await _empty(store)
+    counted = await store.fetchall("SELECT configuration_set, metric, count FROM stats_hourly")
+    assert counted == [("set", "deadLetter", 1)]
+    accept.set()
+    assert await webhooks.replay(store, "set/other", now=time.time()) == 0
+    assert await webhooks.replay(store, "set/hook", now=time.time()) == 1  # no wake(): the sender polls
+    await until(lambda: receiver.ids()[-1] == refused.event_id and receiver.requests[-1].body == refused.body)
+    await until(lambda: _empty(store))
+    assert await webhooks.dead_letters(store) == []
