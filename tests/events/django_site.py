@@ -19,6 +19,7 @@ SETTINGS: dict[str, Any] = {
     "USE_TZ": True,
     # django-ses: relay cannot sign as AWS; relay's HMAC headers are there to check instead.
     "AWS_SES_VERIFY_EVENT_SIGNATURES": False,
+    "AWS_SNS_EVENT_TRUSTED_TOPIC_ARNS": ["arn:aws:sns:relay:000000000000:app-djses"],  # relay's default ARN
     # anymail: basic auth in relay's webhook URL; no SNS API to confirm a subscription with.
     "ANYMAIL": {"WEBHOOK_SECRET": ANYMAIL_SECRET, "AMAZON_SES_AUTO_CONFIRM_SNS_SUBSCRIPTIONS": False},
 }
