@@ -150,6 +150,7 @@ class EventDestination:
     format: str = "ses"  # webhook: WEBHOOK_FORMATS
     topic_arn: str | None = None  # webhook, sns: the envelope's TopicArn (None: a relay default)
     mail_destination: str = "message"  # webhook: MAIL_DESTINATIONS
+    confirm_subscription: bool = False  # webhook, sns: a SubscriptionConfirmation first, as SNS sends
 
     def matches(self, event_key: str) -> bool:
         return self.enabled and event_key in self.matching_event_types
@@ -570,7 +571,7 @@ def _configuration_set(r: _Reader, key: str, name: str, t: dict[str, Any]) -> Co
 
 def _destination(r: _Reader, key: str, t: dict[str, Any]) -> EventDestination:
     r.no_unknown(t, key, {"name", "type", "enabled", "matching_event_types", "path", "url", "secret",
-                          "format", "topic_arn", "mail_destination"})
+                          "format", "topic_arn", "mail_destination", "confirm_subscription"})
     name = r.string(t, f"{key}.name", "")
     if not NAME_RE.match(name):
         r.fail(f"{key}.name", "1-64 characters A-Z a-z 0-9 - _ (SES rule)", name)
@@ -604,9 +605,10 @@ def _destination(r: _Reader, key: str, t: dict[str, Any]) -> EventDestination:
         if topic_arn is not None and not TOPIC_ARN_RE.match(topic_arn):
             r.fail(f"{key}.topic_arn", "an SNS topic ARN like arn:aws:sns:us-east-1:123456789012:ses-events",
                    topic_arn)
-        if topic_arn is not None and fmt != "sns":
-            raise ConfigError(f'{r.source}: {key}.topic_arn: used only with format = "sns"')
-    used = {"path": path, "url": url, "secret": secret, "format": url, "topic_arn": topic_arn,
+        for k in ("topic_arn", "confirm_subscription"):
+            if t.get(k) not in (None, False) and fmt != "sns":
+                raise ConfigError(f'{r.source}: {key}.{k}: used only with format = "sns"')
+    used = {"confirm_subscription": url, "path": path, "url": url, "secret": secret, "format": url, "topic_arn": topic_arn,
             "mail_destination": url}
     for k in used:
         if k in t and used[k] is None:
@@ -615,4 +617,5 @@ def _destination(r: _Reader, key: str, t: dict[str, Any]) -> EventDestination:
         name=name, type=kind, enabled=r.boolean(t, f"{key}.enabled", True),  # type: ignore[arg-type]
         matching_event_types=frozenset(types), path=path, url=url, secret=secret,
         format=fmt, topic_arn=topic_arn, mail_destination=mail_destination,
+        confirm_subscription=r.boolean(t, f"{key}.confirm_subscription", False),
     )

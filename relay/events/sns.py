@@ -4,6 +4,8 @@
 # fields, which only AWS can make. Pure: values in, a string and a dict out.
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from urllib.parse import quote
 
@@ -35,11 +37,50 @@ def unsubscribe_url(base_url: str, topic_arn: str) -> str:
     return f"{base_url}/sns/unsubscribe?TopicArn={quote(topic_arn, safe='')}"
 
 
-def headers(*, message_id: str, topic_arn: str) -> dict[str, str]:
-    """SNS's HTTP headers for a Notification (django-anymail checks the first two against the body)."""
+def headers(*, message_id: str, topic_arn: str, message_type: str = "Notification") -> dict[str, str]:
+    """SNS's HTTP headers (django-anymail checks the first two against the body)."""
     return {
-        "x-amz-sns-message-type": "Notification",
+        "x-amz-sns-message-type": message_type,
         "x-amz-sns-message-id": message_id,
         "x-amz-sns-topic-arn": topic_arn,
         "Content-Type": "text/plain; charset=UTF-8",
     }
+
+
+# --- subscription confirmation (confirm_subscription = true) ---------------------------
+# As SNS does for a new HTTP/S subscription, a SubscriptionConfirmation goes first; the
+# consumer confirms by fetching SubscribeURL, which relay serves on its tracking listener
+# (subscriptions.py). The Token is an HMAC of the destination and its topic, so only the
+# endpoint that was sent it can confirm, and a changed topic_arn asks again.
+_CONFIRM_NS = b"relay.sns.confirm\x00"
+CONFIRM_PATH = "/sns/confirm"
+CONFIRM_MESSAGE = ("You have chosen to subscribe to the topic {topic}.\n"
+                   "To confirm the subscription, visit the SubscribeURL included in this message.")
+
+
+def confirm_token(key: bytes, destination: str, topic_arn: str) -> str:
+    return hmac.new(key, _CONFIRM_NS + f"{destination}\n{topic_arn}".encode(), hashlib.sha256).hexdigest()
+
+
+def subscribe_url(base_url: str, topic_arn: str, token: str) -> str:
+    """SNS's shape (…/?Action=ConfirmSubscription&TopicArn=…&Token=…), on relay's listener."""
+    return (f"{base_url}{CONFIRM_PATH}?Action=ConfirmSubscription&TopicArn={quote(topic_arn, safe='')}"
+            f"&Token={token}")
+
+
+def subscription_confirmation(*, message_id: str, topic_arn: str, token: str, subscribe_url: str,
+                              timestamp: str) -> str:
+    return json.dumps({
+        "Type": "SubscriptionConfirmation",
+        "MessageId": message_id,
+        "Token": token,
+        "TopicArn": topic_arn,
+        "Message": CONFIRM_MESSAGE.format(topic=topic_arn),
+        "SubscribeURL": subscribe_url,
+        "Timestamp": timestamp,
+    }, separators=(",", ":"), ensure_ascii=False)
+
+
+def confirmed_key(destination: str) -> str:
+    """The settings row that records a destination's confirmed topic."""
+    return f"sns_confirmed:{destination}"

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Callable, Sequence
@@ -87,7 +88,8 @@ class WebhookDestination:
                  max_delay: float = 300.0, timeout: float = 10.0, format: str = "ses",
                  topic_arn: str | None = None, mail_destination: str = "message",
                  max_retry_seconds: float = MAX_RETRY_SECONDS, window: int = WINDOW,
-                 base_url: str = "http://127.0.0.1:8080", idle_poll: float = IDLE_POLL) -> None:
+                 base_url: str = "http://127.0.0.1:8080", idle_poll: float = IDLE_POLL,
+                 confirm_key: bytes | None = None) -> None:
         self.name = name
         self._url = url  # kept out of logs: it may carry a token
         self._secret = secret or None
@@ -97,12 +99,17 @@ class WebhookDestination:
         self._max_delay = max_delay
         self._timeout = timeout
         self._sns = format == "sns"
-        self._topic_arn = topic_arn or sns.default_topic_arn(name)
+        self.topic_arn = self._topic_arn = topic_arn or sns.default_topic_arn(name)
         self._unsubscribe_url = sns.unsubscribe_url(base_url, self._topic_arn)
         self._per_recipient = mail_destination == "recipient"
         self._max_retry = max_retry_seconds
         self._window = window
         self._idle_poll = idle_poll
+        # confirm_subscription: a SubscriptionConfirmation first; nothing else until confirmed.
+        self._confirm_key = confirm_key if self._sns else None
+        self._confirmed = self._confirm_key is None
+        self._asked = False
+        self._base_url = base_url
         self._wake = asyncio.Event()  # a row was committed, or close() was called
         self._stopping = asyncio.Event()  # cuts a backoff wait short on close()
         self._closing = False
@@ -157,6 +164,11 @@ class WebhookDestination:
         while True:
             try:
                 self._wake.clear()  # before the read, so a commit during it is not missed
+                if not self._confirmed:
+                    if self._closing:
+                        return
+                    await self._subscribe()
+                    continue
                 now = self._clock()
                 rows = await self._store.fetchall(sql.DUE, (self.name, now, self._window))
                 if rows:
@@ -174,6 +186,29 @@ class WebhookDestination:
                 if self._closing:
                     return
                 await self._stopped_or(self._first_delay)
+
+    async def _subscribe(self) -> None:
+        """Until the consumer fetched SubscribeURL: ask once (again after a failure), then poll."""
+        assert self._confirm_key is not None
+        if await self._store.get_setting(sns.confirmed_key(self.name)) == self._topic_arn:
+            log.info("webhook %s: subscription to %s confirmed", self.name, self._topic_arn)
+            self._confirmed = True
+            return
+        if not self._asked:
+            token = sns.confirm_token(self._confirm_key, self.name, self._topic_arn)
+            message_id = str(uuid.uuid4())
+            body = sns.subscription_confirmation(
+                message_id=message_id, topic_arn=self._topic_arn, token=token,
+                subscribe_url=sns.subscribe_url(self._base_url, self._topic_arn, token),
+                timestamp=iso(datetime.fromtimestamp(self._clock(), UTC)))
+            outcome = await self._attempt(message_id, body, 1, message_type="SubscriptionConfirmation")
+            if outcome.delay is not None:
+                await self._stopped_or(outcome.delay)
+                return
+            self._asked = True
+            log.info("webhook %s: SubscriptionConfirmation sent; events wait until its SubscribeURL is fetched",
+                     self.name)
+        await self._stopped_or(self._idle_poll)
 
     async def _pause(self, seconds: float) -> None:
         try:
@@ -216,14 +251,15 @@ class WebhookDestination:
             log.error("webhook %s: outcomes not recorded, those events will be sent again: %s", self.name, e)
             await self._stopped_or(self._first_delay)
 
-    async def _attempt(self, event_id: str, body: str, attempt: int) -> _Outcome:
-        """POST one event; what came of it."""
+    async def _attempt(self, event_id: str, body: str, attempt: int, *,
+                       message_type: str = "Notification") -> _Outcome:
+        """POST one event (or a SubscriptionConfirmation); what came of it."""
         assert self._session is not None, "start() first"
         timestamp = str(int(self._clock()))
         headers = {"Content-Type": "application/json", "X-Relay-Event-Id": event_id,
                    "X-Relay-Timestamp": timestamp}
         if self._sns:
-            headers.update(sns.headers(message_id=event_id, topic_arn=self._topic_arn))
+            headers.update(sns.headers(message_id=event_id, topic_arn=self._topic_arn, message_type=message_type))
         if self._secret is not None:
             headers["X-Relay-Signature"] = sign(self._secret, timestamp, body)
         try:

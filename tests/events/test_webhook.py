@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from relay.events.bus import Event
+from relay.events.subscriptions import SubscriptionConfirmations
 from relay.events.webhook import WebhookDestination, retry_after, sign, verify
 from relay.store import Store, webhooks
 
@@ -412,3 +413,56 @@ async def test_a_refused_event_is_dead_lettered_without_holding_others_then_repl
     await until(lambda: receiver.ids()[-1] == refused.event_id and receiver.requests[-1].body == refused.body)
     await until(lambda: _empty(store))
     assert await webhooks.dead_letters(store) == []
+
+
+async def test_confirm_subscription_goes_first_and_holds_events_until_confirmed(
+        store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    site_port = free_port()
+    app = web.Application()
+    topic = "arn:aws:sns:us-east-1:123456789012:ses-events"
+    SubscriptionConfirmations(store=store, key=b"k" * 32, topics={"set/hook": topic}).register(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", site_port).start()
+    confirm = asyncio.Event()
+    answers: list[int] = []
+
+    async def consumer(request: web.Request) -> web.Response:
+        # What AWS's sample HTTP endpoint does: fetch SubscribeURL when told to.
+        body = (await request.read()).decode()
+        receiver.requests.append(Request(dict(request.headers), body))
+        doc = json.loads(body)
+        if doc["Type"] == "SubscriptionConfirmation" and confirm.is_set():
+            async with ClientSession() as http:
+                bad = doc["SubscribeURL"].replace(doc["Token"], "0" * 64)
+                async with http.get(bad) as r:
+                    answers.append(r.status)
+                async with http.get(doc["SubscribeURL"]) as r:
+                    answers.append(r.status)
+                    assert "<SubscriptionArn>" in await r.text()
+        return web.Response(status=200)
+    receiver._hook = consumer  # type: ignore[method-assign]
+    await receiver.start()
+    try:
+        dest = await make_dest(format="sns", topic_arn=topic, confirm_key=b"k" * 32, idle_poll=0.05,
+                               base_url=f"http://127.0.0.1:{site_port}")
+        event = make_event(1)
+        await put(dest, store, event)
+        await until(lambda: len(receiver.requests) == 1)
+        first = receiver.requests[0]
+        assert first.headers["x-amz-sns-message-type"] == "SubscriptionConfirmation"
+        doc = json.loads(first.body)
+        assert doc["Type"] == "SubscriptionConfirmation" and doc["TopicArn"] == topic
+        assert doc["SubscribeURL"].startswith(f"http://127.0.0.1:{site_port}/sns/confirm?Action=ConfirmSubscription")
+        assert await outbox(store) == [(event.event_id, 0)]  # held: not confirmed
+        await dest.close()
+        confirm.set()  # a restart asks again; this time the consumer confirms
+        dest = await make_dest(format="sns", topic_arn=topic, confirm_key=b"k" * 32, idle_poll=0.05,
+                               base_url=f"http://127.0.0.1:{site_port}")
+        await until(lambda: any(json.loads(r.body)["Type"] == "Notification" for r in receiver.requests))
+        assert answers == [404, 200]
+        assert [json.loads(r.body)["Type"] for r in receiver.requests] == [
+            "SubscriptionConfirmation", "SubscriptionConfirmation", "Notification"]
+        assert await store.get_setting("sns_confirmed:set/hook") == topic
+    finally:
+        await runner.cleanup()
