@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import aiohttp
 
@@ -115,6 +115,7 @@ class WebhookDestination:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._posting: dict[int, asyncio.Task[None]] = {}  # outbox seq -> its POST, at most `window`
 
     def statements(self, event: Event) -> list[Statement]:
         # Only an outbox row here, committed by the caller: the HTTP work is all in the
@@ -156,36 +157,71 @@ class WebhookDestination:
             except TimeoutError:
                 pass  # wait_for cancelled the sender; unsent rows stay for the next start
             self._task = None
+            # The sender cancelled its POSTs in flight as it ended: let them finish cancelling.
+            await asyncio.gather(*self._posting.values(), return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def _run(self) -> None:
-        while True:
-            try:
-                self._wake.clear()  # before the read, so a commit during it is not missed
-                if not self._confirmed:
+        try:
+            while True:
+                try:
+                    self._wake.clear()  # before the read, so a commit during it is not missed
+                    if not self._confirmed:
+                        if self._closing:
+                            return
+                        await self._subscribe()
+                        continue
+                    if await self._launch():
+                        continue
+                    if self._closing and not self._posting:
+                        return  # nothing due (what is left is backing off)
+                    # Woken by a commit (any message), a POST ending, or the next head coming due.
+                    await self._pause(await self._until_next())
+                except Exception:  # noqa: BLE001 - the sender must outlive any one failure
+                    log.exception("webhook %s: sender error", self.name)
                     if self._closing:
                         return
-                    await self._subscribe()
-                    continue
-                now = self._clock()
-                rows = await self._store.fetchall(sql.DUE, (self.name, now, self._window))
-                if rows:
-                    await self._deliver(rows)
-                    continue
-                if self._closing:
-                    return  # nothing due (what is left is backing off)
-                row = await self._store.fetchone(sql.NEXT_DUE, (self.name,))
-                wait = self._idle_poll if row is None or row[0] is None else row[0] - now
-                # A message's head backing off holds only that message's later events:
-                # a commit (any message) or the head coming due ends the wait.
-                await self._pause(max(0.001, min(wait, self._max_delay, self._idle_poll)))
-            except Exception:  # noqa: BLE001 - the sender must outlive any one failure
-                log.exception("webhook %s: sender error", self.name)
-                if self._closing:
-                    return
-                await self._stopped_or(self._first_delay)
+                    await self._stopped_or(self._first_delay)
+        finally:
+            # Cancelled by close() after its grace: POSTs in flight are abandoned, their rows kept.
+            for task in self._posting.values():
+                task.cancel()
+
+    async def _launch(self) -> bool:
+        """Start POSTs for due heads (one per message) while the window has room; whether any."""
+        room = self._window - len(self._posting)
+        if room <= 0:
+            return False
+        rows = await sql.due(self._store, self.name, now=self._clock(), limit=room, busy=tuple(self._posting))
+        for row in rows:
+            self._posting[row[0]] = asyncio.create_task(self._post(row), name=f"webhook {self.name} {row[1]}")
+        return bool(rows)
+
+    async def _until_next(self) -> float:
+        if len(self._posting) >= self._window:
+            return self._idle_poll  # a POST ending wakes the sender
+        due = await sql.next_due(self._store, self.name, busy=tuple(self._posting))
+        wait = self._idle_poll if due is None else due - self._clock()
+        return max(0.001, min(wait, self._max_delay, self._idle_poll))
+
+    async def _post(self, row: tuple[Any, ...]) -> None:
+        """POST one head and commit what came of it (before it can be read, and sent, again)."""
+        seq, event_id, body, attempts, refused_since, rejections = row
+        try:
+            outcome = await self._attempt(event_id, body, attempts + 1)
+            stmts = self._settle(row, outcome, self._clock())
+            try:
+                await self._store.write(stmts)
+            except Exception as e:  # noqa: BLE001 - at-least-once: the event is sent again
+                log.error("webhook %s: outcome of event %s not recorded, it will be sent again: %s",
+                          self.name, event_id, e)
+        except Exception:  # noqa: BLE001 - one POST's bug must not end the sender
+            log.exception("webhook %s: event %s: sender error", self.name, event_id)
+        finally:
+            self._posting.pop(seq, None)
+            self._wake.set()
 
     async def _subscribe(self) -> None:
         """Until the consumer fetched SubscribeURL: ask once (again after a failure), then poll."""
@@ -222,34 +258,23 @@ class WebhookDestination:
         except TimeoutError:
             pass
 
-    async def _deliver(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """POST the due heads at once (one per message), then commit every outcome together."""
-        outcomes = await asyncio.gather(*(self._attempt(r[1], r[2], r[3] + 1) for r in rows))
-        now = self._clock()
-        stmts: list[Statement] = []
-        for (seq, event_id, _, attempts, refused_since, rejections), outcome in zip(rows, outcomes, strict=True):
-            attempt = attempts + 1
-            if outcome.delay is None:
-                stmts.append((sql.DELETE, (seq,)))
-                continue
-            since = now if refused_since is None else refused_since
-            rejections += int(outcome.rejected)
-            if rejections >= MAX_REJECTIONS or now - since >= self._max_retry:
-                why = (f"{outcome.reason}, {rejections} times" if rejections >= MAX_REJECTIONS
-                       else f"{outcome.reason}; refused for {now - since:.0f}s")
-                log.error("webhook %s: event %s moved to the dead letters (%s); "
-                          "`relay webhook replay` sends it again", self.name, event_id, why,
-                          extra=self._fields(event_id, "dead_letter", attempt=attempt, reply=outcome.reason))
-                stmts += sql.bury(seq, attempts=attempt, refused_since=since, now=now, reason=outcome.reason)
-                stmts += dead_letter_statements(configuration_set=self.name.partition("/")[0], at=now)
-                continue
-            stmts.append((sql.DEFER, (attempt, now + outcome.delay, since, rejections, seq)))
-        try:
-            # Committed before the next read, or a delivered row would be read, and sent, again.
-            await self._store.write(stmts)
-        except Exception as e:  # noqa: BLE001 - at-least-once: the rows are sent again
-            log.error("webhook %s: outcomes not recorded, those events will be sent again: %s", self.name, e)
-            await self._stopped_or(self._first_delay)
+    def _settle(self, row: tuple[Any, ...], outcome: _Outcome, now: float) -> list[Statement]:
+        """The outbox change for one POST's outcome: delete, defer, or move to the dead letters."""
+        seq, event_id, _, attempts, refused_since, rejections = row
+        attempt = attempts + 1
+        if outcome.delay is None:
+            return [(sql.DELETE, (seq,))]
+        since = now if refused_since is None else refused_since
+        rejections += int(outcome.rejected)
+        if rejections >= MAX_REJECTIONS or now - since >= self._max_retry:
+            why = (f"{outcome.reason}, {rejections} times" if rejections >= MAX_REJECTIONS
+                   else f"{outcome.reason}; refused for {now - since:.0f}s")
+            log.error("webhook %s: event %s moved to the dead letters (%s); "
+                      "`relay webhook replay` sends it again", self.name, event_id, why,
+                      extra=self._fields(event_id, "dead_letter", attempt=attempt, reply=outcome.reason))
+            return [*sql.bury(seq, attempts=attempt, refused_since=since, now=now, reason=outcome.reason),
+                    *dead_letter_statements(configuration_set=self.name.partition("/")[0], at=now)]
+        return [(sql.DEFER, (attempt, now + outcome.delay, since, rejections, seq))]
 
     async def _attempt(self, event_id: str, body: str, attempt: int, *,
                        message_type: str = "Notification") -> _Outcome:

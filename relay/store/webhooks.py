@@ -2,7 +2,7 @@
 # letters an endpoint never took (listed and replayed by `relay webhook`).
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 from relay.store import Statement, Store
 
@@ -13,9 +13,9 @@ INSERT = ("INSERT INTO webhook_outbox(event_id, destination, message_id, body, a
 # A message's oldest row is its head; the rows behind it wait for it (order per message).
 _HEAD = ("NOT EXISTS (SELECT 1 FROM webhook_outbox p WHERE p.destination = o.destination "
          "AND p.message_id = o.message_id AND p.seq < o.seq)")
-DUE = ("SELECT seq, event_id, body, attempts, refused_since, rejections FROM webhook_outbox o "
-       f"WHERE destination = ? AND next_attempt_at <= ? AND {_HEAD} ORDER BY seq LIMIT ?")
-NEXT_DUE = f"SELECT MIN(next_attempt_at) FROM webhook_outbox o WHERE destination = ? AND {_HEAD}"
+_DUE = ("SELECT seq, event_id, body, attempts, refused_since, rejections FROM webhook_outbox o "
+        f"WHERE destination = ? AND next_attempt_at <= ? AND {_HEAD}{{busy}} ORDER BY seq LIMIT ?")
+_NEXT_DUE = f"SELECT MIN(next_attempt_at) FROM webhook_outbox o WHERE destination = ? AND {_HEAD}{{busy}}"
 DELETE = "DELETE FROM webhook_outbox WHERE seq = ?"
 DEFER = ("UPDATE webhook_outbox SET attempts = ?, next_attempt_at = ?, refused_since = ?, rejections = ? "
          "WHERE seq = ?")
@@ -23,6 +23,22 @@ _BURY = ("INSERT INTO webhook_dead_letters(event_id, destination, message_id, bo
          "dead_at, reason) SELECT event_id, destination, message_id, body, ?, ?, ?, ? FROM webhook_outbox "
          "WHERE seq = ?")
 _FILTER = "(? IS NULL OR destination = ?)"
+
+
+def _busy(seqs: Collection[int]) -> str:
+    return f" AND seq NOT IN ({', '.join('?' * len(seqs))})" if seqs else ""
+
+
+async def due(store: Store, destination: str, *, now: float, limit: int, busy: Collection[int] = ()) -> Rows:
+    """(seq, event_id, body, attempts, refused_since, rejections) of the heads due now, oldest
+    first, but those in `busy` (being posted)."""
+    return await store.fetchall(_DUE.format(busy=_busy(busy)), (destination, now, *busy, limit))
+
+
+async def next_due(store: Store, destination: str, *, busy: Collection[int] = ()) -> float | None:
+    """When the next head (not in `busy`) is due; None when there is none."""
+    row = await store.fetchone(_NEXT_DUE.format(busy=_busy(busy)), (destination, *busy))
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def bury(seq: int, *, attempts: int, refused_since: float, now: float, reason: str) -> list[Statement]:

@@ -466,3 +466,49 @@ async def test_confirm_subscription_goes_first_and_holds_events_until_confirmed(
         assert await store.get_setting("sns_confirmed:set/hook") == topic
     finally:
         await runner.cleanup()
+
+
+async def test_events_of_other_messages_are_posted_while_one_hangs(
+        store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    receiver.script = [HANG]
+    await receiver.start()
+    dest = await make_dest(timeout=WAIT * 2, window=2)
+    slow, other = make_event(1, "a"), make_event(2, "b")
+    await put(dest, store, slow)
+    await until(lambda: len(receiver.requests) == 1)  # the first POST is hanging
+    await put(dest, store, other)
+    await until(lambda: other.event_id in receiver.ids())  # posted beside it, not after it
+    receiver.release.set()
+    await until(lambda: receiver.ids().count(slow.event_id) == 2)  # 503 from the hang, then 200
+    await until(lambda: _empty(store))
+
+
+async def test_4xx_count_survives_a_restart(tmp_path: Path, receiver: Receiver) -> None:
+    path = str(tmp_path / "rejections.db")
+    receiver.script = [400, 400, 400]
+    await receiver.start()
+    event = make_event(1)
+    for run in range(2):
+        store = Store(path)
+        await store.open()
+        dest = WebhookDestination("set/hook", receiver.url, SECRET, store, first_delay=0.05, max_delay=0.2)
+        try:
+            await dest.start()
+            if run == 0:
+                await put(dest, store, event)
+                await until(lambda: len(receiver.requests) == 2)
+                await until(lambda s=store: _rows_with(s, rejections=2))  # type: ignore[misc]
+            else:  # the third rejection is the last, not the first of three more
+                await until(lambda s=store: _dead(s, 1))  # type: ignore[misc]
+                assert len(receiver.requests) == 3
+        finally:
+            await asyncio.wait_for(dest.close(), WAIT)
+            await store.close()
+
+
+async def _rows_with(store: Store, *, rejections: int) -> bool:
+    return await store.fetchall("SELECT rejections FROM webhook_outbox") == [(rejections,)]
+
+
+async def _dead(store: Store, n: int) -> bool:
+    return len(await webhooks.dead_letters(store)) == n
