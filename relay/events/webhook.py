@@ -109,6 +109,7 @@ class WebhookDestination:
         self._confirm_key = confirm_key if self._sns else None
         self._confirmed = self._confirm_key is None
         self._asked = False
+        self._asks = 0  # SubscriptionConfirmation POSTs that failed, for their backoff
         self._base_url = base_url
         self._wake = asyncio.Event()  # a row was committed, or close() was called
         self._stopping = asyncio.Event()  # cuts a backoff wait short on close()
@@ -208,7 +209,7 @@ class WebhookDestination:
 
     async def _post(self, row: tuple[Any, ...]) -> None:
         """POST one head and commit what came of it (before it can be read, and sent, again)."""
-        seq, event_id, body, attempts, refused_since, rejections = row
+        seq, event_id, body, attempts = row[:4]
         try:
             outcome = await self._attempt(event_id, body, attempts + 1)
             stmts = self._settle(row, outcome, self._clock())
@@ -237,7 +238,8 @@ class WebhookDestination:
                 message_id=message_id, topic_arn=self._topic_arn, token=token,
                 subscribe_url=sns.subscribe_url(self._base_url, self._topic_arn, token),
                 timestamp=iso(datetime.fromtimestamp(self._clock(), UTC)))
-            outcome = await self._attempt(message_id, body, 1, message_type="SubscriptionConfirmation")
+            self._asks += 1
+            outcome = await self._attempt(message_id, body, self._asks, message_type="SubscriptionConfirmation")
             if outcome.delay is not None:
                 await self._stopped_or(outcome.delay)
                 return
