@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import socket
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -512,3 +513,27 @@ async def _rows_with(store: Store, *, rejections: int) -> bool:
 
 async def _dead(store: Store, n: int) -> bool:
     return len(await webhooks.dead_letters(store)) == n
+
+
+async def test_an_outbox_from_before_dead_letters_is_upgraded_and_sent(
+        tmp_path: Path, receiver: Receiver) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE webhook_outbox (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, destination TEXT NOT NULL,"
+        " body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL);"
+        "INSERT INTO webhook_outbox(event_id, destination, body, attempts, next_attempt_at)"
+        " VALUES ('old-1', 'set/hook', '{}', 2, 0), ('old-2', 'set/hook', '{}', 0, 0);")
+    old.commit()
+    old.close()
+    await receiver.start()
+    store = Store(str(path))
+    await store.open()
+    dest = WebhookDestination("set/hook", receiver.url, SECRET, store, first_delay=0.05, max_delay=0.2)
+    try:
+        await dest.start()
+        await until(lambda: receiver.ids() == ["old-1", "old-2"])  # one message: in order
+        await until(lambda: _empty(store))
+    finally:
+        await asyncio.wait_for(dest.close(), WAIT)
+        await store.close()
