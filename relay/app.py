@@ -18,6 +18,7 @@ from relay.delivery import Deliverer, Schedule
 from relay.events.bus import Destination, EventBus
 from relay.events.file import FileDestination
 from relay.events.sqlite import SqliteDestination
+from relay.events.subscriptions import SubscriptionConfirmations
 from relay.events.webhook import WebhookDestination
 from relay.limits import LogThrottle
 from relay.metrics import Metrics
@@ -62,6 +63,7 @@ class App:
         self.signer = Signer([s.encode() for s in secrets])
 
         destinations: dict[tuple[str, str], Destination] = {}
+        confirming: dict[str, str] = {}  # sns destinations with confirm_subscription: their topic
         for cset in config.configuration_sets.values():
             for d in cset.event_destinations:
                 name = f"{cset.name}/{d.name}"
@@ -73,7 +75,13 @@ class App:
                     dest = FileDestination(name, d.path, self.store)
                 else:
                     assert d.url is not None
-                    dest = WebhookDestination(name, d.url, d.secret, self.store)
+                    dest = WebhookDestination(
+                        name, d.url, d.secret, self.store, format=d.format, topic_arn=d.topic_arn,
+                        mail_destination=d.mail_destination, max_retry_seconds=config.webhook.max_retry_seconds,
+                        window=config.webhook.window, base_url=config.tracking.base_url,
+                        confirm_key=secrets[0].encode() if d.confirm_subscription else None)
+                    if d.confirm_subscription:
+                        confirming[name] = dest.topic_arn
                 if self.primary:  # the others only write its outbox rows
                     await dest.start()
                     stack.push_async_callback(dest.close)
@@ -104,6 +112,9 @@ class App:
 
         self.tracking = TrackingServer(config=config, signer=self.signer, spool=self.spool, bus=self.bus,
                                        store=self.store, metrics=self.metrics)
+        # SubscribeURL of confirm_subscription destinations: public, like SNS's own.
+        SubscriptionConfirmations(store=self.store, key=secrets[0].encode(),
+                                  topics=confirming).register(self.tracking.app)
         await self.tracking.start(sock=self.role.tracking_socket if self.role else None)
         stack.push_async_callback(self.tracking.stop)
 

@@ -1,6 +1,7 @@
 # The command line: wiring only. `relay serve` runs the relay; `relay stats`, `events`,
 # `messages`, `message` read the storage file (also while `relay serve` runs on it:
-# WAL lets readers and the writer work at once); `prune`, `check-config`, `--version`.
+# WAL lets readers and the writer work at once); `prune`, `webhook dead-letters|replay`,
+# `check-config`, `--version`.
 # Tables come from relay.report, queries from relay.stats.
 from __future__ import annotations
 
@@ -348,6 +349,69 @@ def prune_command(config_path: str | None) -> None:
     click.echo(f"{s.path}: pruned (events older than {s.retention_days:g} days, hourly counts older than "
                f"{s.stats_retention_days:g}, bodies older than {s.body_retention_days:g}, finished messages "
                f"older than {cfg.tracking.window_days:g})")
+
+
+@main.group("webhook", cls=_Group, short_help="Webhook events an endpoint never took: list, replay.")
+def webhook_group() -> None:
+    """Dead letters: webhook events refused for [webhook] max_retry_seconds (or with a 4xx, 3 times)."""
+
+
+destination_option = click.option("--destination", default=None, metavar="SET/NAME",
+                                  help="Only this webhook destination, e.g. default/hook")
+
+
+def _destination(cfg: config_mod.Config, name: str | None) -> str | None:
+    """--destination set/name; one that is not configured (any more) is read anyway, with a warning."""
+    if name is None:
+        return None
+    cset, slash, dest = name.partition("/")
+    if not slash or not config_mod.NAME_RE.match(cset) or not config_mod.NAME_RE.match(dest):
+        _fail(f"--destination: expected SET/NAME (e.g. default/hook), got {name!r}")
+    known = [f"{c.name}/{d.name}" for c in cfg.configuration_sets.values()
+             for d in c.event_destinations if d.type == "webhook"]
+    if name not in known:
+        click.echo(f"relay: warning: {name!r} is not a webhook destination in {cfg.source} "
+                   f"(configured: {', '.join(known) or 'none'}); reading the storage file anyway", err=True)
+    return name
+
+
+@webhook_group.command("dead-letters", short_help="List the dead letters, oldest first.")
+@config_option
+@destination_option
+@json_option
+def dead_letters_command(config_path: str | None, destination: str | None, as_json: bool) -> None:
+    """The webhook events moved to the dead letters, oldest first, with the last refusal."""
+    cfg = _load(config_path)
+    name = _destination(cfg, destination)
+
+    async def run() -> list[dict[str, Any]]:
+        async with _reading(cfg) as store:
+            return await stats.dead_letters(store, name)
+
+    rows = asyncio.run(run())
+    if as_json:
+        _print_json(rows)
+    else:
+        click.echo(report.dead_letters_text(rows))
+
+
+@webhook_group.command("replay", short_help="Send the dead letters again.")
+@config_option
+@destination_option
+def replay_command(config_path: str | None, destination: str | None) -> None:
+    """Move the dead letters back to their destination's outbox: a running relay serve
+    posts them within seconds (no restart), each with a fresh max_retry_seconds."""
+    from relay.store import webhooks
+
+    cfg = _load(config_path)
+    name = _destination(cfg, destination)
+
+    async def run() -> int:
+        async with _reading(cfg, write=True) as store:
+            return await webhooks.replay(store, name, now=time.time())
+
+    n = asyncio.run(run())
+    click.echo(f"{n} dead letter(s) re-queued" + (f" for {name}" if name else ""))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ EVENT_TYPES = (
     "renderingFailure", "deliveryDelay", "subscription",
 )
 DESTINATION_TYPES = ("sqlite", "file", "webhook")
+WEBHOOK_FORMATS = ("ses", "sns")  # the bare record, or wrapped as Amazon SNS posts it
+MAIL_DESTINATIONS = ("message", "recipient")  # mail.destination: SES's meaning, or the event's recipient
+# SNS TopicArn syntax: arn:<partition>:sns:<region>:<account>:<topic name>.
+TOPIC_ARN_RE = re.compile(r"^arn:[A-Za-z0-9-]+:sns:[A-Za-z0-9-]*:[0-9A-Za-z-]*:[A-Za-z0-9_-]{1,256}$")
 HTTPS_POLICIES = ("REQUIRE", "REQUIRE_OPEN_ONLY", "OPTIONAL")  # SES TrackingOptions.HttpsPolicy
 # SES quotas: configuration set and event destination names are <= 64 of A-Z a-z 0-9 - _.
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -144,9 +148,23 @@ class EventDestination:
     path: str | None = None  # file
     url: str | None = None  # webhook
     secret: str | None = field(default=None, repr=False)  # webhook signature key
+    format: str = "ses"  # webhook: WEBHOOK_FORMATS
+    topic_arn: str | None = None  # webhook, sns: the envelope's TopicArn (None: a relay default)
+    mail_destination: str = "message"  # webhook: MAIL_DESTINATIONS
+    confirm_subscription: bool = False  # webhook, sns: a SubscriptionConfirmation first, as SNS sends
 
     def matches(self, event_key: str) -> bool:
         return self.enabled and event_key in self.matching_event_types
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookConfig:
+    """What every webhook destination shares: how long an event may be refused."""
+
+    # Refused (any failure) this long since its first refusal, an event moves to the
+    # dead letters; SNS likewise gives up after its delivery policy. 3 days.
+    max_retry_seconds: float = 3 * 86400.0
+    window: int = 4  # POSTs in flight at once per destination (one per message)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,6 +206,7 @@ class Config:
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
     configuration_sets: Mapping[str, ConfigurationSet] = field(default_factory=dict)
+    webhook: WebhookConfig = WebhookConfig()
     # None: no admin listener (a config file without an [admin] section).
     admin: AdminConfig | None = None
 
@@ -251,12 +270,13 @@ def load(path: str | Path) -> Config:
 
 def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     r = _Reader(source)
-    known = {"server", "smtp", "upstream", "tracking", "storage", "configuration_sets", "admin"}
+    known = {"server", "smtp", "upstream", "tracking", "storage", "configuration_sets", "admin", "webhook"}
     r.no_unknown(data, "", known)
     smtp = _smtp(r, r.table(data, "smtp"))
     upstream = _upstream(r, r.table(data, "upstream"))
     tracking = _tracking(r, r.table(data, "tracking"))
     storage = _storage(r, r.table(data, "storage"))
+    webhook = _webhook(r, r.table(data, "webhook"))
     sets: dict[str, ConfigurationSet] = {}
     for name, body in r.table(data, "configuration_sets").items():
         key = f"configuration_sets.{name}"
@@ -273,7 +293,7 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     r.no_unknown(server_table, "server", {"processes"})
     server = ServerConfig(processes=r.integer(server_table, "server.processes", _cores()))
     return Config(source=source, server=server, smtp=smtp, upstream=upstream, tracking=tracking,
-                  storage=storage, configuration_sets=sets, admin=admin)
+                  storage=storage, configuration_sets=sets, admin=admin, webhook=webhook)
 
 
 class _Reader:
@@ -435,6 +455,13 @@ def _storage(r: _Reader, t: dict[str, Any]) -> StorageConfig:
     )
 
 
+def _webhook(r: _Reader, t: dict[str, Any]) -> WebhookConfig:
+    r.no_unknown(t, "webhook", {"max_retry_seconds", "window"})
+    d = WebhookConfig()
+    return WebhookConfig(max_retry_seconds=r.number(t, "webhook.max_retry_seconds", d.max_retry_seconds),
+                         window=r.integer(t, "webhook.window", d.window))
+
+
 def _upstream(r: _Reader, t: dict[str, Any]) -> UpstreamConfig:
     r.no_unknown(t, "upstream", {"url", "connections", "timeout", "data_timeout", "max_delivery_seconds",
                                  "retry_first_delay", "retry_max_delay", "tls_ca_file", "tls_verify"})
@@ -559,7 +586,8 @@ def _configuration_set(r: _Reader, key: str, name: str, t: dict[str, Any]) -> Co
 
 
 def _destination(r: _Reader, key: str, t: dict[str, Any]) -> EventDestination:
-    r.no_unknown(t, key, {"name", "type", "enabled", "matching_event_types", "path", "url", "secret"})
+    r.no_unknown(t, key, {"name", "type", "enabled", "matching_event_types", "path", "url", "secret",
+                          "format", "topic_arn", "mail_destination", "confirm_subscription"})
     name = r.string(t, f"{key}.name", "")
     if not NAME_RE.match(name):
         r.fail(f"{key}.name", "1-64 characters A-Z a-z 0-9 - _ (SES rule)", name)
@@ -573,7 +601,8 @@ def _destination(r: _Reader, key: str, t: dict[str, Any]) -> EventDestination:
     for et in types:
         if et not in EVENT_TYPES:
             r.fail(f"{key}.matching_event_types", f"event types from {', '.join(EVENT_TYPES)}", et)
-    path = url = secret = None
+    path = url = secret = topic_arn = None
+    fmt, mail_destination = "ses", "message"
     if kind == "file":
         path = r.string(t, f"{key}.path", "")
     elif kind == "webhook":
@@ -582,10 +611,27 @@ def _destination(r: _Reader, key: str, t: dict[str, Any]) -> EventDestination:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             r.fail(f"{key}.url", "an absolute http(s) URL", url)
         secret = r.opt_string(t, f"{key}.secret")
-    for k in ("path", "url", "secret"):
-        if k in t and {"path": path, "url": url, "secret": secret}[k] is None:
+        fmt = t.get("format", fmt)
+        if fmt not in WEBHOOK_FORMATS:
+            r.fail(f"{key}.format", " or ".join(WEBHOOK_FORMATS), fmt)
+        mail_destination = t.get("mail_destination", mail_destination)
+        if mail_destination not in MAIL_DESTINATIONS:
+            r.fail(f"{key}.mail_destination", " or ".join(MAIL_DESTINATIONS), mail_destination)
+        topic_arn = r.opt_string(t, f"{key}.topic_arn")
+        if topic_arn is not None and not TOPIC_ARN_RE.match(topic_arn):
+            r.fail(f"{key}.topic_arn", "an SNS topic ARN like arn:aws:sns:us-east-1:123456789012:ses-events",
+                   topic_arn)
+        for k in ("topic_arn", "confirm_subscription"):
+            if t.get(k) not in (None, False) and fmt != "sns":
+                raise ConfigError(f'{r.source}: {key}.{k}: used only with format = "sns"')
+    used = {"confirm_subscription": url, "path": path, "url": url, "secret": secret, "format": url, "topic_arn": topic_arn,
+            "mail_destination": url}
+    for k in used:
+        if k in t and used[k] is None:
             raise ConfigError(f"{r.source}: {key}.{k}: not used by type {kind!r}")
     return EventDestination(
         name=name, type=kind, enabled=r.boolean(t, f"{key}.enabled", True),  # type: ignore[arg-type]
         matching_event_types=frozenset(types), path=path, url=url, secret=secret,
+        format=fmt, topic_arn=topic_arn, mail_destination=mail_destination,
+        confirm_subscription=r.boolean(t, f"{key}.confirm_subscription", False),
     )

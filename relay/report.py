@@ -59,6 +59,8 @@ def stats_text(doc: Mapping[str, Any], *, tag: tuple[str, str] | None = None) ->
     out.append("")
     out += table(["Rate", "Value"], [[label, percent(doc["rates"][k])] for k, label in _RATES])
     out.append("")
+    if doc.get("webhook_dead_letters"):
+        out += [f"Webhook events dead-lettered: {doc['webhook_dead_letters']} (relay webhook dead-letters)", ""]
     if doc["top_links"]:
         out += table(["Top link", "Clicks", "Unique"],
                      [[x["link"], x["clicks"], x["unique_clicks"]] for x in doc["top_links"]])
@@ -149,3 +151,12 @@ def _diagnostic(code: str) -> str:
 
 def _set_name(cset: str | None) -> str:
     return "-" if not cset else cset
+
+
+def dead_letters_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """`relay webhook dead-letters`: one line per event an endpoint never took."""
+    if not rows:
+        return "No dead letters."
+    return "\n".join(table(["Dead since", "Destination", "Event", "Message", "Attempts", "Last refusal"],
+                           [[r["dead_at"], r["destination"], r["event_id"], r["message_id"], r["attempts"], r["reason"]]
+                            for r in rows]))

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from relay.events.records import EVENT_TYPE_KEYS, iso, mail_object
 from relay.spool import mail_from_json
-from relay.store import Store, reads
+from relay.store import Store, counting, reads, webhooks
 
 # The `counts` keys, in SES's v1/config spelling (matching_event_types).
 COUNT_KEYS = tuple(EVENT_TYPE_KEYS.values())
@@ -78,7 +78,7 @@ def shape(*, period: Period, configuration_set: str | None, counts: dict[str, in
           unique: dict[str, int], delivered_open_tracked: int, delivered_click_tracked: int,
           delivered_recipients: int, bounced_recipients: int, complaining_recipients: int,
           top_links: Sequence[dict[str, Any]], link_tags: Sequence[dict[str, Any]],
-          series: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
+          series: Sequence[dict[str, Any]] | None, webhook_dead_letters: int = 0) -> dict[str, Any]:
     """The `relay stats --json` document (and /api/stats), exactly these keys."""
     doc: dict[str, Any] = {
         "since": iso(period.since),
@@ -96,6 +96,8 @@ def shape(*, period: Period, configuration_set: str | None, counts: dict[str, in
         },
         "top_links": list(top_links),
         "link_tags": list(link_tags),
+        # Webhook events moved to the dead letters in the period (relay webhook dead-letters).
+        "webhook_dead_letters": webhook_dead_letters,
     }
     if series is not None:
         doc["series"] = list(series)
@@ -144,7 +146,7 @@ async def stats(store: Store, *, configuration_set: str | None, period: Period, 
         complaining_recipients=total.get("complaint", 0),
         top_links=[{"link": link, "clicks": clicks, "unique_clicks": unique} for link, clicks, unique in links],
         link_tags=[{"name": name, "value": value, "clicks": clicks} for name, value, clicks in ltags],
-        series=series)
+        series=series, webhook_dead_letters=total.get(counting.DEAD_LETTER, 0))
 
 
 def event_types(types: Sequence[str]) -> list[str]:
@@ -227,3 +229,18 @@ async def queue(store: Store) -> dict[str, int]:
 async def webhook_outbox(store: Store) -> dict[str, int]:
     """Events waiting per webhook destination ("set/destination")."""
     return {str(d): int(n) for d, n in await reads.webhook_outbox(store)}
+
+
+async def webhook_dead_letters(store: Store) -> dict[str, int]:
+    """Events in the dead letters per webhook destination ("set/destination")."""
+    return {str(d): int(n) for d, n in await webhooks.dead_letter_counts(store)}
+
+
+async def dead_letters(store: Store, destination: str | None = None) -> list[dict[str, Any]]:
+    """The dead letters, oldest first (`relay webhook dead-letters --json`): the event as
+    it is posted (`body`: the SES record, or the SNS envelope), and why it was given up."""
+    return [{
+        "event_id": event_id, "destination": dest, "message_id": message_id, "attempts": attempts,
+        "refused_since": iso(datetime.fromtimestamp(since, UTC)), "dead_at": iso(datetime.fromtimestamp(at, UTC)),
+        "reason": reason, "body": json.loads(body),
+    } for _, event_id, dest, message_id, body, attempts, since, at, reason in await webhooks.dead_letters(store, destination)]

@@ -50,6 +50,24 @@ def test_password_never_in_repr_or_safe_url() -> None:
     assert "hunter2secret" not in repr(u) and "hunter2secret" not in u.safe_url
 
 
+def _hook(**kw: object) -> dict:
+    return {"name": "d", "type": "webhook", "url": "http://127.0.0.1/h", "matching_event_types": ["send"], **kw}
+
+
+def test_webhook_options() -> None:
+    c = cfg.parse({"webhook": {"max_retry_seconds": 60, "window": 8}, "configuration_sets": {"s": {
+        "event_destinations": [_hook(format="sns", topic_arn="arn:aws:sns:us-east-1:123456789012:ses-events",
+                                     mail_destination="recipient", confirm_subscription=True)]}}})
+    d = c.configuration_sets["s"].event_destinations[0]
+    assert (d.format, d.topic_arn, d.mail_destination) == ("sns", "arn:aws:sns:us-east-1:123456789012:ses-events",
+                                                         "recipient")
+    assert (c.webhook.max_retry_seconds, c.webhook.window) == (60.0, 8) and d.confirm_subscription
+    plain = cfg.parse({"configuration_sets": {"s": {"event_destinations": [_hook()]}}})
+    d = plain.configuration_sets["s"].event_destinations[0]
+    assert (d.format, d.topic_arn, d.mail_destination) == ("ses", None, "message")
+    assert plain.webhook.max_retry_seconds == 3 * 86400
+
+
 @pytest.mark.parametrize("data, key", [
     ({"smtp": {"listen": "nope"}}, "smtp.listen"),
     ({"smtp": {"listen": "127.0.0.1:99999"}}, "smtp.listen"),
@@ -78,6 +96,24 @@ def test_password_never_in_repr_or_safe_url() -> None:
      "configuration_sets.s.event_destinations[0].path"),
     ({"configuration_sets": {"s": {"event_destinations": [{"name": "d", "type": "webhook", "url": "nope", "matching_event_types": ["send"]}]}}},
      "configuration_sets.s.event_destinations[0].url"),
+    ({"configuration_sets": {"s": {"event_destinations": [_hook(format="json")]}}},
+     "configuration_sets.s.event_destinations[0].format"),
+    ({"configuration_sets": {"s": {"event_destinations": [_hook(mail_destination="each")]}}},
+     "configuration_sets.s.event_destinations[0].mail_destination"),
+    ({"configuration_sets": {"s": {"event_destinations": [_hook(format="sns", topic_arn="my-topic")]}}},
+     "configuration_sets.s.event_destinations[0].topic_arn"),
+    ({"configuration_sets": {"s": {"event_destinations": [_hook(topic_arn="arn:aws:sns:us-east-1:1:t")]}}},
+     "configuration_sets.s.event_destinations[0].topic_arn"),  # sns only
+    ({"configuration_sets": {"s": {"event_destinations": [
+        {"name": "d", "type": "file", "path": "x", "format": "sns", "matching_event_types": ["send"]}]}}},
+     "configuration_sets.s.event_destinations[0].format"),
+    ({"configuration_sets": {"s": {"event_destinations": [_hook(confirm_subscription=True)]}}},
+     "configuration_sets.s.event_destinations[0].confirm_subscription"),  # sns only
+    ({"configuration_sets": {"s": {"event_destinations": [_hook(format="sns", confirm_subscription="yes")]}}},
+     "configuration_sets.s.event_destinations[0].confirm_subscription"),
+    ({"webhook": {"max_retry_seconds": 0}}, "webhook.max_retry_seconds"),
+    ({"webhook": {"window": 0}}, "webhook.window"),
+    ({"webhook": {"confirm": True}}, "webhook.confirm"),
 ])
 def test_errors_name_the_key(data: dict, key: str) -> None:
     with pytest.raises(ConfigError) as e:

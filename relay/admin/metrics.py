@@ -23,8 +23,9 @@ class StoreSnapshot:
     """A collector over values read from the store just before the scrape is rendered."""
 
     def __init__(self, *, events: Mapping[tuple[str, str], int], queue: Mapping[str, int],
-                 outbox: Mapping[str, int]) -> None:
+                 outbox: Mapping[str, int], dead_letters: Mapping[str, int] | None = None) -> None:
         self._events, self._queue, self._outbox = events, queue, outbox
+        self._dead = dead_letters or {}
 
     def collect(self) -> Iterator[Metric]:
         events = CounterMetricFamily("relay_events", "Events relay produced, all processes, since the store began",
@@ -42,6 +43,11 @@ class StoreSnapshot:
         for dest in sorted(self._outbox):
             outbox.add_metric([dest], self._outbox[dest])
         yield outbox
+        dead = GaugeMetricFamily("relay_webhook_dead_letters", "Events an endpoint never took, by webhook "
+                                 "destination (relay webhook replay re-queues them)", labels=["destination"])
+        for dest in sorted(set(self._outbox) | set(self._dead)):
+            dead.add_metric([dest], self._dead.get(dest, 0))
+        yield dead
 
 
 class MetricsEndpoint:
@@ -59,7 +65,8 @@ class MetricsEndpoint:
                   for d in cset.event_destinations if d.type == "webhook"}
         outbox.update(await stats.webhook_outbox(self._store))
         totals = {(cset, event_type): n for cset, event_type, n in await stats.totals(self._store)}
-        snapshot = StoreSnapshot(events=totals, queue=await stats.queue(self._store), outbox=outbox)
+        snapshot = StoreSnapshot(events=totals, queue=await stats.queue(self._store), outbox=outbox,
+                                 dead_letters=await stats.webhook_dead_letters(self._store))
         registry = CollectorRegistry(auto_describe=False)
         registry.register(snapshot)
         registry.register(self._metrics)

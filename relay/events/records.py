@@ -299,3 +299,16 @@ def _unstructured(value: str) -> str:
 def _clean(text: str) -> str:
     # Undecodable encoded-words leave lone surrogates, which no JSON writer can emit as UTF-8.
     return _SURROGATE.sub("\ufffd", text)
+
+
+# Events about one recipient: with a destination's mail_destination = "recipient", their
+# mail.destination names that recipient only (the others are the message's, not the event's).
+PER_RECIPIENT_TYPES = frozenset({"Delivery", "Bounce", "DeliveryDelay", "Open", "Click", "Complaint"})
+
+
+def for_recipient(record: Record, recipient: str | None) -> Record:
+    """The record with mail.destination = [recipient] when it is a per-recipient event
+    with a known recipient; otherwise the record itself. The input is not changed."""
+    if recipient is None or record.get("eventType") not in PER_RECIPIENT_TYPES:
+        return record
+    return {**record, "mail": {**record["mail"], "destination": [recipient]}}

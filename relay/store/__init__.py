@@ -56,11 +56,25 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,
     destination TEXT NOT NULL,               -- configuration_set/destination name
-    body TEXT NOT NULL,
+    body TEXT NOT NULL,                      -- what is POSTed
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL
+    -- and COLUMNS below: message_id, refused_since, rejections
 );
 CREATE INDEX IF NOT EXISTS webhook_order ON webhook_outbox(destination, seq);
+-- Events a webhook endpoint refused for [webhook] max_retry_seconds (or a 4xx, 3 times):
+-- listed by `relay webhook dead-letters`, moved back to the outbox by `relay webhook replay`.
+CREATE TABLE IF NOT EXISTS webhook_dead_letters (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    refused_since REAL NOT NULL,             -- unix seconds of the first refusal
+    dead_at REAL NOT NULL,
+    reason TEXT NOT NULL                     -- the last refusal, e.g. "HTTP 500"
+);
 CREATE TABLE IF NOT EXISTS file_outbox (
     seq INTEGER PRIMARY KEY,
     destination TEXT NOT NULL,               -- configuration_set/destination name
@@ -116,6 +130,15 @@ CREATE TABLE IF NOT EXISTS message_tags (
     message_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (name, value, message_id)) WITHOUT ROWID;
 """
+
+# Columns added to a table after files were made with it: (table, column, definition),
+# added by ALTER TABLE when missing; then what depends on them.
+COLUMNS = (
+    ("webhook_outbox", "message_id", "TEXT NOT NULL DEFAULT ''"),  # order is kept per message
+    ("webhook_outbox", "refused_since", "REAL"),  # unix seconds of the first refusal, NULL if none
+    ("webhook_outbox", "rejections", "INTEGER NOT NULL DEFAULT 0"),  # 4xx answers (other than 408, 429)
+)
+AFTER_COLUMNS = "CREATE INDEX IF NOT EXISTS webhook_message ON webhook_outbox(destination, message_id, seq);"
 
 Statement = tuple[str, Sequence[Any]]
 T = TypeVar("T")
@@ -230,6 +253,10 @@ class Store:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
+        for table, column, definition in COLUMNS:
+            if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        db.executescript(AFTER_COLUMNS)
         db.execute("PRAGMA busy_timeout=0")  # transactions wait in _begin() instead
         return db
 

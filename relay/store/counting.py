@@ -113,3 +113,11 @@ def prune_statements(*, events_before: float, stats_before: float) -> list[State
         *((f"DELETE FROM {table} WHERE hour < ?", (hour,)) for table in (
             "stats_hourly", "stats_tags_hourly", "stats_links_hourly", "stats_link_tags_hourly")),
     ]
+
+
+DEAD_LETTER = "deadLetter"  # stats_hourly metric: webhook events moved to the dead letters
+
+
+def dead_letter_statements(*, configuration_set: str, at: float) -> list[Statement]:
+    """Count one webhook event moved to the dead letters, in the hour it happened."""
+    return [(_HOURLY, (int(at // 3600 * 3600), configuration_set, DEAD_LETTER, 1))]

@@ -52,7 +52,7 @@ async def test_api_metrics_and_preview_match_real_traffic(tmp_path: Path) -> Non
 async def check_api(t: traffic.Traffic) -> None:
     news = await get_json(f"{t.admin}/api/stats?configuration_set=news&since=24h&by=hour")
     assert set(news) == {"since", "until", "configuration_set", "counts", "recipients", "unique", "rates",
-                         "top_links", "link_tags", "series"}
+                         "top_links", "link_tags", "series", "webhook_dead_letters"}
     assert news["configuration_set"] == "news" and news["recipients"] == 3
     assert {k: news["counts"][k] for k in ("send", "delivery", "bounce", "open", "click")} == \
         {"send": 1, "delivery": 2, "bounce": 1, "open": 2, "click": 3}
@@ -109,6 +109,7 @@ async def check_metrics(t: traffic.Traffic) -> None:
     assert value("relay_queue_recipients", state="bounced") == 1
     assert value("relay_queue_recipients", state="pending") == 0
     assert value("relay_webhook_outbox", destination="hooks/hook") >= 1  # its receiver is down
+    assert value("relay_webhook_dead_letters", destination="hooks/hook") == 0  # not for 3 days
     attempts = value("relay_delivery_attempt_seconds_count")
     assert attempts >= 4 and value("relay_delivery_attempt_seconds_bucket", le="+Inf") == attempts
 

@@ -316,3 +316,17 @@ def test_destination_is_capped_at_ses_limit_so_events_stay_small() -> None:
                       source_ip="127.0.0.1", caller_identity=None)
     assert delivery_event(small, recipients=[rcpts[0]], timestamp=datetime(2024, 1, 1, tzinfo=timezone.utc),
                           smtp_response="250 ok", reporting_mta="r", remote_mta_ip=None)["mail"]["destination"] == rcpts[:3]
+
+
+@pytest.mark.parametrize("event_type, recipient, narrowed", [
+    ("Delivery", "b@x.test", True), ("Bounce", "b@x.test", True), ("DeliveryDelay", "b@x.test", True),
+    ("Open", "b@x.test", True), ("Click", "b@x.test", True), ("Complaint", "b@x.test", True),
+    ("Send", None, False), ("Reject", None, False), ("Rendering Failure", "b@x.test", False),
+    ("Open", None, False),  # no recipient known: left as it is
+])
+def test_for_recipient_narrows_per_recipient_events(event_type: str, recipient: str | None, narrowed: bool) -> None:
+    record = {"eventType": event_type, "mail": {"messageId": "m", "destination": ["a@x.test", "b@x.test"]}}
+    out = records.for_recipient(record, recipient)
+    assert out["mail"]["destination"] == (["b@x.test"] if narrowed else ["a@x.test", "b@x.test"])
+    assert out["mail"]["messageId"] == "m"
+    assert record["mail"]["destination"] == ["a@x.test", "b@x.test"]  # the input is unchanged

@@ -6,28 +6,31 @@ import asyncio
 import json
 import logging
 import socket
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from relay.events.bus import Event
+from relay.events.subscriptions import SubscriptionConfirmations
 from relay.events.webhook import WebhookDestination, retry_after, sign, verify
-from relay.store import Store
+from relay.store import Store, webhooks
 
 SECRET = "whsec_test"
 WAIT = 10.0  # bound on every wait; the tests normally finish far sooner
 HANG = "hang"
 
 
-def make_event(n: int) -> Event:
+def make_event(n: int, message_id: str = "m") -> Event:
+    # One message by default: the order these tests check is kept per message.
     # Non-ASCII on purpose: the signature is over the UTF-8 bytes that are sent.
     body = json.dumps({"eventType": "Open", "n": n, "subject": "Grüße"}, ensure_ascii=False)
-    return Event(event_id=str(uuid.uuid4()), configuration_set="set", message_id=f"m{n}",
+    return Event(event_id=str(uuid.uuid4()), configuration_set="set", message_id=message_id,
                  recipient="to@example.com", event_type="Open",
                  timestamp="2024-01-01T00:00:00.000Z", body=body)
 
@@ -137,10 +140,10 @@ async def make_dest(store: Store, receiver: Receiver) -> AsyncIterator[Factory]:
     made: list[WebhookDestination] = []
 
     async def make(secret: str | None = SECRET, *, on: Store | None = None,
-                   **kw: float) -> WebhookDestination:
+                   **kw: Any) -> WebhookDestination:
         kw.setdefault("first_delay", 0.05)
         kw.setdefault("max_delay", 0.2)
-        d = WebhookDestination("set/hook", receiver.url, secret, on or store, **kw)  # type: ignore[arg-type]
+        d = WebhookDestination("set/hook", receiver.url, secret, on or store, **kw)
         await d.start()
         made.append(d)
         return d
@@ -281,7 +284,7 @@ async def _count(store: Store, n: int) -> bool:
     return len(await outbox(store)) == n
 
 
-async def test_4xx_is_tried_three_times_then_dropped(
+async def test_4xx_is_tried_three_times_then_dead_lettered(
         store: Store, receiver: Receiver, make_dest: Factory,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="relay.events")
@@ -296,12 +299,14 @@ async def test_4xx_is_tried_three_times_then_dropped(
     await until(lambda: _empty(store))
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(warnings) == 2 and len(errors) == 1
+    assert len(warnings) == 3 and len(errors) == 1
     for r in warnings + errors:
         message = r.getMessage()
         assert "set/hook" in message and "400" in message and first.event_id in message
         assert SECRET not in message
-    assert "dropped" in errors[0].getMessage()
+    assert "dead letters" in errors[0].getMessage()
+    dead = await webhooks.dead_letters(store)
+    assert [(r[1], r[2], r[5], r[8]) for r in dead] == [(first.event_id, "set/hook", 3, "HTTP 400")]
 
 
 async def test_429_honours_retry_after(store: Store, receiver: Receiver, make_dest: Factory) -> None:
@@ -343,3 +348,192 @@ async def test_close_is_bounded_and_keeps_unsent_events(
     await until(lambda: len(receiver.requests) == 1)
     await asyncio.wait_for(dest.close(), WAIT)  # the POST in flight is abandoned
     assert await outbox(store) == [(event.event_id, 0)]
+
+
+# --- sns format, mail_destination, dead letters ---------------------------------
+
+def record_event(event_type: str, recipient: str | None, message_id: str = "m") -> Event:
+    record = {"eventType": event_type, "mail": {"messageId": message_id, "destination": ["a@x.test", "b@x.test"]},
+              event_type.lower(): {"timestamp": "2024-01-01T00:00:00.000Z"}}
+    return Event(event_id=str(uuid.uuid4()), configuration_set="set", message_id=message_id, recipient=recipient,
+                 event_type=event_type, timestamp="2024-01-01T00:00:00.000Z", body=json.dumps(record))
+
+
+async def test_sns_format_posts_what_sns_posts(store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    await receiver.start()
+    dest = await make_dest(format="sns", mail_destination="recipient")
+    events = [record_event("Open", "b@x.test"), record_event("Send", None)]
+    for e in events:
+        await put(dest, store, e)
+    await until(lambda: len(receiver.requests) == 2)
+    for e, r in zip(events, receiver.requests, strict=True):
+        doc = json.loads(r.body)
+        assert set(doc) == {"Type", "MessageId", "TopicArn", "Message", "Timestamp", "UnsubscribeURL"}
+        assert doc["Type"] == "Notification" and doc["MessageId"] == e.event_id
+        assert doc["TopicArn"] == "arn:aws:sns:relay:000000000000:set-hook"
+        assert r.headers["x-amz-sns-message-type"] == "Notification"
+        assert r.headers["x-amz-sns-message-id"] == e.event_id
+        assert r.headers["x-amz-sns-topic-arn"] == doc["TopicArn"]
+        assert r.headers["Content-Type"] == "text/plain; charset=UTF-8"
+        assert verify(SECRET, r.headers["X-Relay-Timestamp"], r.body, r.headers["X-Relay-Signature"],
+                      now=time.time())
+    opened, sent = (json.loads(json.loads(r.body)["Message"]) for r in receiver.requests)
+    assert opened["mail"]["destination"] == ["b@x.test"]  # the one recipient it concerns
+    assert sent["mail"]["destination"] == ["a@x.test", "b@x.test"]  # Send concerns the message
+
+
+async def test_a_refused_event_is_dead_lettered_without_holding_others_then_replayed(
+        store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    refused = make_event(1, "stuck")
+    others = [make_event(n, f"m{n}") for n in range(2, 6)]
+    receiver.default = 200
+    await receiver.start()
+
+    async def picky(request: web.Request) -> web.Response:
+        body = (await request.read()).decode()
+        receiver.requests.append(Request(dict(request.headers), body))
+        return web.Response(status=500 if body == refused.body and not accept.is_set() else 200)
+    accept = asyncio.Event()
+    receiver._hook = picky  # type: ignore[method-assign]
+    await receiver.stop()
+    await receiver.start()
+    dest = await make_dest(max_retry_seconds=0.3, idle_poll=0.05)
+    await put(dest, store, refused)
+    for e in others:
+        await put(dest, store, e)
+    await until(lambda: {e.event_id for e in others} <= set(receiver.ids()))
+    async def dead() -> bool:
+        return len(await webhooks.dead_letters(store)) == 1
+    await until(dead)
+    assert await _empty(store)
+    counted = await store.fetchall("SELECT configuration_set, metric, count FROM stats_hourly")
+    assert counted == [("set", "deadLetter", 1)]
+    accept.set()
+    assert await webhooks.replay(store, "set/other", now=time.time()) == 0
+    assert await webhooks.replay(store, "set/hook", now=time.time()) == 1  # no wake(): the sender polls
+    await until(lambda: receiver.ids()[-1] == refused.event_id and receiver.requests[-1].body == refused.body)
+    await until(lambda: _empty(store))
+    assert await webhooks.dead_letters(store) == []
+
+
+async def test_confirm_subscription_goes_first_and_holds_events_until_confirmed(
+        store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    site_port = free_port()
+    app = web.Application()
+    topic = "arn:aws:sns:us-east-1:123456789012:ses-events"
+    SubscriptionConfirmations(store=store, key=b"k" * 32, topics={"set/hook": topic}).register(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", site_port).start()
+    confirm = asyncio.Event()
+    answers: list[int] = []
+
+    async def consumer(request: web.Request) -> web.Response:
+        # What AWS's sample HTTP endpoint does: fetch SubscribeURL when told to.
+        body = (await request.read()).decode()
+        receiver.requests.append(Request(dict(request.headers), body))
+        doc = json.loads(body)
+        if doc["Type"] == "SubscriptionConfirmation" and confirm.is_set():
+            async with ClientSession() as http:
+                bad = doc["SubscribeURL"].replace(doc["Token"], "0" * 64)
+                async with http.get(bad) as r:
+                    answers.append(r.status)
+                async with http.get(doc["SubscribeURL"]) as r:
+                    answers.append(r.status)
+                    assert "<SubscriptionArn>" in await r.text()
+        return web.Response(status=200)
+    receiver._hook = consumer  # type: ignore[method-assign]
+    await receiver.start()
+    try:
+        dest = await make_dest(format="sns", topic_arn=topic, confirm_key=b"k" * 32, idle_poll=0.05,
+                               base_url=f"http://127.0.0.1:{site_port}")
+        event = make_event(1)
+        await put(dest, store, event)
+        await until(lambda: len(receiver.requests) == 1)
+        first = receiver.requests[0]
+        assert first.headers["x-amz-sns-message-type"] == "SubscriptionConfirmation"
+        doc = json.loads(first.body)
+        assert doc["Type"] == "SubscriptionConfirmation" and doc["TopicArn"] == topic
+        assert doc["SubscribeURL"].startswith(f"http://127.0.0.1:{site_port}/sns/confirm?Action=ConfirmSubscription")
+        assert await outbox(store) == [(event.event_id, 0)]  # held: not confirmed
+        await dest.close()
+        confirm.set()  # a restart asks again; this time the consumer confirms
+        dest = await make_dest(format="sns", topic_arn=topic, confirm_key=b"k" * 32, idle_poll=0.05,
+                               base_url=f"http://127.0.0.1:{site_port}")
+        await until(lambda: any(json.loads(r.body)["Type"] == "Notification" for r in receiver.requests))
+        assert answers == [404, 200]
+        assert [json.loads(r.body)["Type"] for r in receiver.requests] == [
+            "SubscriptionConfirmation", "SubscriptionConfirmation", "Notification"]
+        assert await store.get_setting("sns_confirmed:set/hook") == topic
+    finally:
+        await runner.cleanup()
+
+
+async def test_events_of_other_messages_are_posted_while_one_hangs(
+        store: Store, receiver: Receiver, make_dest: Factory) -> None:
+    receiver.script = [HANG]
+    await receiver.start()
+    dest = await make_dest(timeout=WAIT * 2, window=2)
+    slow, other = make_event(1, "a"), make_event(2, "b")
+    await put(dest, store, slow)
+    await until(lambda: len(receiver.requests) == 1)  # the first POST is hanging
+    await put(dest, store, other)
+    await until(lambda: other.event_id in receiver.ids())  # posted beside it, not after it
+    receiver.release.set()
+    await until(lambda: receiver.ids().count(slow.event_id) == 2)  # 503 from the hang, then 200
+    await until(lambda: _empty(store))
+
+
+async def test_4xx_count_survives_a_restart(tmp_path: Path, receiver: Receiver) -> None:
+    path = str(tmp_path / "rejections.db")
+    receiver.script = [400, 400, 400]
+    await receiver.start()
+    event = make_event(1)
+    for run in range(2):
+        store = Store(path)
+        await store.open()
+        dest = WebhookDestination("set/hook", receiver.url, SECRET, store, first_delay=0.05, max_delay=0.2)
+        try:
+            await dest.start()
+            if run == 0:
+                await put(dest, store, event)
+                await until(lambda: len(receiver.requests) == 2)
+                await until(lambda s=store: _rows_with(s, rejections=2))  # type: ignore[misc]
+            else:  # the third rejection is the last, not the first of three more
+                await until(lambda s=store: _dead(s, 1))  # type: ignore[misc]
+                assert len(receiver.requests) == 3
+        finally:
+            await asyncio.wait_for(dest.close(), WAIT)
+            await store.close()
+
+
+async def _rows_with(store: Store, *, rejections: int) -> bool:
+    return await store.fetchall("SELECT rejections FROM webhook_outbox") == [(rejections,)]
+
+
+async def _dead(store: Store, n: int) -> bool:
+    return len(await webhooks.dead_letters(store)) == n
+
+
+async def test_an_outbox_from_before_dead_letters_is_upgraded_and_sent(
+        tmp_path: Path, receiver: Receiver) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE webhook_outbox (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, destination TEXT NOT NULL,"
+        " body TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL);"
+        "INSERT INTO webhook_outbox(event_id, destination, body, attempts, next_attempt_at)"
+        " VALUES ('old-1', 'set/hook', '{}', 2, 0), ('old-2', 'set/hook', '{}', 0, 0);")
+    old.commit()
+    old.close()
+    await receiver.start()
+    store = Store(str(path))
+    await store.open()
+    dest = WebhookDestination("set/hook", receiver.url, SECRET, store, first_delay=0.05, max_delay=0.2)
+    try:
+        await dest.start()
+        await until(lambda: receiver.ids() == ["old-1", "old-2"])  # one message: in order
+        await until(lambda: _empty(store))
+    finally:
+        await asyncio.wait_for(dest.close(), WAIT)
+        await store.close()

@@ -1,0 +1,174 @@
+# relay's sns-format webhook consumed by the real thing: django-ses's SESEventWebhookView
+# and django-anymail's AmazonSESTrackingWebhookView, served by Django's own server on
+# loopback, fed by a real `relay serve` that delivers to a capture upstream; opens and
+# clicks are real HTTP requests. Assertions are on the libraries' own signals.
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import aiosmtplib
+import pytest
+
+from tests.events.django_site import ANYMAIL_SECRET, DjangoServer
+from tests.support import Capture, RelayProcess, Upstream, free_port, wait_for
+
+TYPES = '["send", "delivery", "bounce", "open", "click"]'
+LINK = "https://shop.example.com/spring?utm_source=mail"
+HTML = (
+    "From: Shop <shop@example.com>\r\nTo: ana@example.org, bob@example.org, gone@example.org\r\n"
+    "Subject: Spring sale\r\nX-SES-CONFIGURATION-SET: app\r\n"
+    "X-Tag: spring-sale\r\nX-Metadata: {\"customer\": \"42\"}\r\n"
+    "MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    f'<html><body><p>Hello</p><a href="{LINK}" ses:tags="campaign:spring;slot:hero">Shop</a></body></html>\r\n'
+)
+RCPTS = ["ana@example.org", "bob@example.org", "gone@example.org"]
+
+
+class Signals:
+    """What the libraries' signals fired with, from the Django server's threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ses: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (name, mail_obj, <name>_obj)
+        self.anymail: list[Any] = []  # AnymailTrackingEvent
+
+    def count(self) -> tuple[int, int]:
+        with self.lock:
+            return len(self.ses), len(self.anymail)
+
+
+@pytest.fixture
+def django_server() -> Any:
+    server = DjangoServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def signals(django_server: DjangoServer) -> Any:
+    from anymail.signals import tracking
+    from django_ses import signals as ses
+
+    got = Signals()
+    receivers = []
+    for name in ("send", "delivery", "bounce", "open", "click"):
+        def on_ses(sender: Any, mail_obj: Any, _name: str = name, **kw: Any) -> None:
+            with got.lock:
+                got.ses.append((_name, mail_obj, kw[f"{_name}_obj"]))
+        signal = getattr(ses, f"{name}_received")
+        signal.connect(on_ses, weak=False)
+        receivers.append((signal, on_ses))
+
+    def on_tracking(sender: Any, event: Any, esp_name: str, **kw: Any) -> None:
+        with got.lock:
+            got.anymail.append(event)
+    tracking.connect(on_tracking, weak=False)
+    receivers.append((tracking, on_tracking))
+    try:
+        yield got
+    finally:
+        for signal, receiver in receivers:
+            signal.disconnect(receiver)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    up = await Upstream(Capture(rcpt_replies={"gone@example.org": "550 5.1.1 <gone@example.org>: user unknown"})).start()
+    try:
+        yield up
+    finally:
+        await up.stop()
+
+
+def config(django_port: int) -> str:
+    user, password = ANYMAIL_SECRET.split(":")
+    base = f"127.0.0.1:{django_port}"
+    return (
+        "[webhook]\nwindow = 2\n"
+        "[configuration_sets.app]\n"
+        "[[configuration_sets.app.event_destinations]]\n"
+        f'name = "djses"\ntype = "webhook"\nformat = "sns"\nurl = "http://{base}/ses/event-webhook/"\n'
+        f'secret = "relay-hmac-secret"\nmatching_event_types = {TYPES}\n'
+        "[[configuration_sets.app.event_destinations]]\n"
+        f'name = "anymail"\ntype = "webhook"\nformat = "sns"\nmail_destination = "recipient"\n'
+        f'url = "http://{user}:{password}@{base}/anymail/amazon_ses/tracking/"\nmatching_event_types = {TYPES}\n'
+    )
+
+
+def links(data: bytes, base: str) -> tuple[str, str]:
+    """The open pixel and the tracked link of one delivered copy."""
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    pixel = re.search(rf'{re.escape(base)}/o/[^"]+', html)
+    click = re.search(rf'{re.escape(base)}/c/[^"]+', html)
+    assert pixel and click, html
+    return pixel.group(0), click.group(0)
+
+
+async def test_django_ses_and_anymail_consume_relay_events(
+        tmp_path: Path, upstream: Upstream, django_server: DjangoServer, signals: Signals) -> None:
+    relay = await RelayProcess(tmp_path, config(django_server.port),
+                               upstream_url=f"smtp://127.0.0.1:{upstream.port}").start()
+    try:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.smtp_port, timeout=20) as client:
+            _, reply = await client.sendmail("shop@example.com", RCPTS, HTML.encode())
+        message_id = reply.split()[1]
+        # A copy each for ana and bob, and relay's DSN to the sender about gone@.
+        await wait_for(lambda: len(upstream.messages) == 3)
+        base = f"http://127.0.0.1:{relay.http_port}"
+        copies = {m.rcpts[0]: links(m.data, base) for m in upstream.messages if m.rcpts[0] in RCPTS}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(copies["bob@example.org"][0]) as r:  # bob opens
+                assert r.status == 200
+            async with http.get(copies["ana@example.org"][1], allow_redirects=False) as r:  # ana clicks
+                assert r.status == 302 and r.headers["Location"] == LINK
+        # Send, 2 Delivery, Bounce, Open, Click to each; then nothing left to post.
+        await wait_for(lambda: signals.count()[0] == 6, 20)
+        await wait_for(lambda: relay.query("SELECT count(*) FROM webhook_outbox") == [(0,)], 20)
+    finally:
+        assert await relay.stop() == 0
+
+    # django-ses: one signal per event, each with relay's message id.
+    by_name: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for name, mail, obj in signals.ses:
+        assert mail["messageId"] == message_id
+        by_name.setdefault(name, []).append((mail, obj))
+    assert sorted(by_name) == ["bounce", "click", "delivery", "open", "send"]
+    assert sorted(obj["recipients"][0] for _, obj in by_name["delivery"]) == ["ana@example.org", "bob@example.org"]
+    [(_, bounce)] = by_name["bounce"]
+    assert bounce["bounceType"] == "Permanent"
+    assert [r["emailAddress"] for r in bounce["bouncedRecipients"]] == ["gone@example.org"]
+    [(_, opened)] = by_name["open"]
+    assert opened["recipient"] == "bob@example.org"  # relay's per-recipient field
+    [(_, click)] = by_name["click"]
+    assert click["link"] == LINK and click["linkTags"] == {"campaign": ["spring"], "slot": ["hero"]}
+    assert click["recipient"] == "ana@example.org"
+    [(send_mail, _)] = by_name["send"]
+    assert send_mail["destination"] == RCPTS  # the destination without mail_destination = "recipient"
+
+    # anymail: with mail_destination = "recipient", each open and click is reported once,
+    # for the one recipient it concerns; Send is about the message, so once per recipient.
+    got = sorted((e.event_type, e.recipient) for e in signals.anymail)
+    assert got == sorted([("sent", r) for r in RCPTS] + [
+        ("delivered", "ana@example.org"), ("delivered", "bob@example.org"), ("bounced", "gone@example.org"),
+        ("opened", "bob@example.org"), ("clicked", "ana@example.org")])
+    for e in signals.anymail:
+        assert e.message_id == message_id
+        assert e.tags == ["spring-sale"] and e.metadata == {"customer": "42"}
+        assert e.esp_event["mail"]["messageId"] == message_id
+    [clicked] = [e for e in signals.anymail if e.event_type == "clicked"]
+    assert clicked.click_url == LINK
+    [bounced] = [e for e in signals.anymail if e.event_type == "bounced"]
+    assert "Permanent" in bounced.description
+    assert len({e.event_id for e in signals.anymail if e.event_type != "sent"}) == 5  # SNS MessageIds
+    json.dumps([e.esp_event for e in signals.anymail])  # the records as the library kept them
