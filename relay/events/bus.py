@@ -145,7 +145,7 @@ class EventBus:
             self._wake.clear()
             while self._pending:
                 # Everything published since the last commit goes in one transaction.
-                batch, self._pending = self._pending, []
+                batch, self._pending = counting.coalesce(self._pending), []
                 try:
                     await self._store.write(batch)
                 except Exception as e:  # noqa: BLE001 - e.g. the disk is full: keep and retry

@@ -50,6 +50,14 @@ _LINK_ENGAGE = "INSERT OR IGNORE INTO link_engagement(message_id, recipient, lin
 _LINK_TAG = ("INSERT INTO stats_link_tags_hourly(hour, configuration_set, name, value, clicks) VALUES (?, ?, ?, ?, 1) "
              "ON CONFLICT(hour, configuration_set, name, value) DO UPDATE SET clicks = clicks + 1")
 _MESSAGE_TAG = "INSERT OR IGNORE INTO message_tags(message_id, name, value, at) VALUES (?, ?, ?, ?)"
+# The same counters with the increment as a parameter, for coalesce().
+_TOTALS_N = ("INSERT INTO event_totals(configuration_set, event_type, count) VALUES (?, ?, ?) "
+             "ON CONFLICT(configuration_set, event_type) DO UPDATE SET count = count + excluded.count")
+_LINK_TAG_N = ("INSERT INTO stats_link_tags_hourly(hour, configuration_set, name, value, clicks) "
+               "VALUES (?, ?, ?, ?, ?) ON CONFLICT(hour, configuration_set, name, value) "
+               "DO UPDATE SET clicks = clicks + excluded.clicks")
+_AS_SUM = {_TOTALS: _TOTALS_N, _LINK_TAG: _LINK_TAG_N}  # their increment is a literal 1
+_SUMS = {_HOURLY: 3, _TAGS: 5, _TOTALS_N: 2, _LINK_TAG_N: 4}  # statement -> index of its increment
 
 
 def epoch(timestamp: str) -> float:
@@ -101,6 +109,33 @@ def statements(*, event_id: str, configuration_set: str, message_id: str, recipi
             for name, values in (click or {}).get("linkTags", {}).items():
                 out += [(_LINK_TAG, (hour, cs, name, value)) for value in values]
         out.append((_ENGAGE, (message_id, recipient, int(event_type == "Open"), int(event_type == "Click"))))
+    return out
+
+
+def coalesce(statements: Sequence[Statement]) -> list[Statement]:
+    """The same changes in fewer statements: the plain counter increments (hourly, tag,
+    total and link-tag counts) of one key are summed into one statement, at the place
+    of the first. Safe because nothing in a batch reads those counters and additions
+    commute; every other statement keeps its order (the unique-open checks read the
+    engagement rows written between them)."""
+    out: list[Statement] = []
+    first: dict[tuple[str, tuple[Any, ...]], int] = {}
+    for sql, params in statements:
+        sql = _AS_SUM.get(sql, sql)
+        at = _SUMS.get(sql)
+        if at is None:
+            out.append((sql, params))
+            continue
+        if sql in (_TOTALS_N, _LINK_TAG_N) and len(params) == at:
+            params = (*params, 1)
+        key = (sql, tuple(params[:at]))
+        i = first.get(key)
+        if i is None:
+            first[key] = len(out)
+            out.append((sql, tuple(params)))
+        else:
+            summed = out[i][1]
+            out[i] = (sql, (*summed[:at], summed[at] + params[at]))
     return out
 
 
