@@ -53,3 +53,21 @@ def test_coalesced_batch_leaves_the_same_rows() -> None:
     before, after = _tables(rows), _tables(merged)
     assert before == after
     assert any(n for n in before.values())
+
+
+def test_pending_merges_as_rows_come() -> None:
+    """The bus adds each event's rows as it is published: the same result as one pass."""
+    bus = EventBus(SETS.configuration_sets, {("news", "db"): SqliteDestination("news/db")}, store=None)  # type: ignore[arg-type]
+    mail = _mail("m1", ["r1@x.org", "r2@x.org"])
+    t = datetime(2026, 11, 29, 10, 59, 59, tzinfo=UTC)
+    events = [bus.statements("news", records.open_event(mail, recipient=f"r{i % 2 + 1}@x.org",
+                                                        timestamp=t + timedelta(seconds=i % 3), ip_address="1.2.3.4",
+                                                        user_agent="ua"), f"r{i % 2 + 1}@x.org") for i in range(9)]
+    pending = counting.Pending()
+    for rows in events:
+        pending.add(rows)
+    flat = [row for rows in events for row in rows]
+    assert list(pending) == counting.coalesce(flat)
+    assert _tables(list(pending)) == _tables(flat)
+    again = counting.Pending([*pending, *counting.Pending(events[0])])  # a failed batch put back before new rows
+    assert _tables(list(again)) == _tables(flat + events[0])

@@ -76,7 +76,7 @@ class EventBus:
         self._destinations = destinations
         self._store = store
         self._retry_delay = retry_delay
-        self._pending: list[Statement] = []
+        self._pending = counting.Pending()  # counter increments merged as they come
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -120,7 +120,7 @@ class EventBus:
             log.exception("event for %s not built", configuration_set)
             return
         if rows:
-            self._pending += rows
+            self._pending.add(rows)
             self._wake.set()
 
     async def start(self) -> None:
@@ -145,11 +145,11 @@ class EventBus:
             self._wake.clear()
             while self._pending:
                 # Everything published since the last commit goes in one transaction.
-                batch, self._pending = counting.coalesce(self._pending), []
+                batch, self._pending = self._pending, counting.Pending()
                 try:
                     await self._store.write(batch)
                 except Exception as e:  # noqa: BLE001 - e.g. the disk is full: keep and retry
-                    self._pending[:0] = batch
+                    self._pending = counting.Pending([*batch, *self._pending])
                     if self._throttle.should_log("write"):
                         log.error("events not stored yet (%s); %d row(s) kept in memory, retrying",
                                   e, len(self._pending))

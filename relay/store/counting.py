@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from relay.events.records import EVENT_TYPE_KEYS
 
@@ -112,31 +112,42 @@ def statements(*, event_id: str, configuration_set: str, message_id: str, recipi
     return out
 
 
-def coalesce(statements: Sequence[Statement]) -> list[Statement]:
-    """The same changes in fewer statements: the plain counter increments (hourly, tag,
-    total and link-tag counts) of one key are summed into one statement, at the place
-    of the first. Safe because nothing in a batch reads those counters and additions
-    commute; every other statement keeps its order (the unique-open checks read the
-    engagement rows written between them)."""
-    out: list[Statement] = []
-    first: dict[tuple[str, tuple[Any, ...]], int] = {}
-    for sql, params in statements:
-        sql = _AS_SUM.get(sql, sql)
-        at = _SUMS.get(sql)
-        if at is None:
-            out.append((sql, params))
-            continue
-        if sql in (_TOTALS_N, _LINK_TAG_N) and len(params) == at:
-            params = (*params, 1)
-        key = (sql, tuple(params[:at]))
-        i = first.get(key)
-        if i is None:
-            first[key] = len(out)
-            out.append((sql, tuple(params)))
-        else:
-            summed = out[i][1]
-            out[i] = (sql, (*summed[:at], summed[at] + params[at]))
-    return out
+class Pending(list[Statement]):
+    """Rows waiting for one group commit, with the plain counter increments (hourly, tag,
+    total and link-tag counts) of one key summed into one statement, at the place of the
+    first, as rows are added (so no pass over a large batch holds up the event loop).
+    Safe because nothing in a batch reads those counters and additions commute; every
+    other statement keeps its order (the unique-open checks read the engagement rows
+    written between them)."""
+
+    def __init__(self, statements: Iterable[Statement] = ()) -> None:
+        super().__init__()
+        self._first: dict[tuple[str, tuple[Any, ...]], int] = {}
+        self.add(statements)
+
+    def add(self, statements: Iterable[Statement]) -> None:
+        first = self._first
+        for sql, params in statements:
+            sql = _AS_SUM.get(sql, sql)
+            at = _SUMS.get(sql)
+            if at is None:
+                self.append((sql, params))
+                continue
+            if sql in (_TOTALS_N, _LINK_TAG_N) and len(params) == at:
+                params = (*params, 1)
+            key = (sql, tuple(params[:at]))
+            i = first.get(key)
+            if i is None:
+                first[key] = len(self)
+                self.append((sql, tuple(params)))
+            else:
+                summed = self[i][1]
+                self[i] = (sql, (*summed[:at], summed[at] + params[at]))
+
+
+def coalesce(statements: Iterable[Statement]) -> list[Statement]:
+    """The same changes in fewer statements (see Pending)."""
+    return list(Pending(statements))
 
 
 def prune_statements(*, events_before: float, stats_before: float) -> list[Statement]:
