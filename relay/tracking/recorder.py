@@ -122,7 +122,8 @@ class HitRecorder:
             if isinstance(claim, (ClickClaim, LegacyClickClaim)):
                 body = records.click_event_json(found.json, recipient=recipient, timestamp=ts, ip_address=ip,
                                                 user_agent=ua, link=claim.url,
-                                                link_tags=records.event_json(claim.link_tags))
+                                                link_tags=records.event_json(claim.link_tags) if claim.link_tags
+                                                else "{}")
                 record: dict[str, Any] = {"eventType": "Click", "mail": found.head, "click": {
                     "timestamp": ts, "link": claim.url, "linkTags": claim.link_tags}}
             else:
