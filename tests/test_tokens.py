@@ -330,3 +330,30 @@ def test_any_claim_round_trips(message_id: str, index: int, sent_ms: int, url: s
     assert signer.verify_open(signer.sign_open(OpenClaim(message_id, index, sent_ms / 1000))) == OpenClaim(
         message_id, index, sent_ms / 1000
     )
+
+
+def test_only_the_canonical_encoding_verifies() -> None:
+    """The last character's spare bits must be zero: a token whose last character differs
+    only there decodes to the same bytes, and must not verify."""
+    signer = Signer([b"k" * 32])
+    lengths = set()
+    for n in range(1, 5):
+        token = signer.sign_open(OpenClaim("x" * n, 1, 1_700_000_000.5))
+        lengths.add(len(token) % 4)
+        last = token[-1]
+        for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_":
+            assert (signer.verify_open(token[:-1] + c) is not None) == (c == last), (token, c)
+    assert lengths >= {0, 2, 3}
+
+
+def test_fast_and_general_claim_parsing_agree() -> None:
+    """Relay ids with a one-byte index take a shortcut; the rest the general reader."""
+    signer = Signer([b"k" * 32])
+    mid = "0000018c1a2b3c4d-12345678-1234-1234-1234-123456789abc-000000"
+    sent = int(mid[:16], 16) / 1000
+    for index in (0, 1, 127, 128, 300, (1 << 21) - 1):
+        for at in (sent, sent + 5):
+            claim = OpenClaim(mid, index, at)
+            assert signer.verify_open(signer.sign_open(claim)) == claim
+            click = ClickClaim(mid, index, at, "https://example.com/a", {})
+            assert signer.verify_click(signer.sign_click(click)) == click

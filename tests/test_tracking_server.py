@@ -349,3 +349,43 @@ async def test_healthz_reports_an_unusable_store(env) -> None:
 ])
 def test_what_follows_c_in_the_request_target(raw: str, rest: str) -> None:
     assert _after_c(raw) == rest
+
+
+async def test_a_burst_of_hits_is_recorded_completely(env) -> None:
+    """Hits queue for the one recorder task, which drains them in chunks: none is lost."""
+    store, _, client, now = env
+    pixel = f"/o/{SIGNER.sign_open(OpenClaim('m1', 0, now))}"
+    link = click_path(ClickClaim("m1", 1, now, "https://example.com/burst", {}))
+
+    async def one(i: int) -> int:
+        r = await (client.get(pixel) if i % 2 else client.get(link, allow_redirects=False))
+        await r.read()
+        return r.status
+
+    statuses = await asyncio.gather(*(one(i) for i in range(400)))
+    assert sorted(set(statuses)) == [200, 302]
+    await settle(client.server)
+    await client.server.recorder.drain()  # a second drain with nothing queued returns at once
+    events = await wait_clicks(store, 200)
+    assert len(events) == 200 and len(await wait_opens(store, 200)) == 200
+    assert {e["click"]["recipient"] for e in events} == {"b@example.org"}
+
+
+async def test_a_recording_failure_does_not_affect_serving(env, caplog) -> None:
+    store, spool, client, now = env
+    real_mail = spool.mail
+
+    async def flaky(message_id: str):
+        if message_id == "boom":
+            raise RuntimeError("storage hiccup")
+        return await real_mail(message_id)
+
+    client.server.recorder._spool.mail = flaky  # type: ignore[method-assign]
+    bad = f"/o/{SIGNER.sign_open(OpenClaim('boom', 0, now))}"
+    good = f"/o/{SIGNER.sign_open(OpenClaim('m1', 0, now))}"
+    for path in (bad, good, bad, good):
+        r = await client.get(path)
+        assert r.status == 200 and await r.read()
+    await settle(client.server)
+    assert len(await wait_opens(store, 2)) == 2
+    assert "could not record a hit for boom" in caplog.text

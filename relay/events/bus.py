@@ -45,7 +45,8 @@ class Destination(Protocol):
     async def close(self) -> None: ...
 
 
-def make_event(configuration_set: str, record: Mapping[str, Any], recipient: str | None) -> Event:
+def make_event(configuration_set: str, record: Mapping[str, Any], recipient: str | None,
+               body: str | None = None) -> Event:
     event_type = record["eventType"]
     # The per-type object is the record's one key besides eventType and mail (SES §3.1);
     # its timestamp, else the mail's (Send has none).
@@ -54,7 +55,8 @@ def make_event(configuration_set: str, record: Mapping[str, Any], recipient: str
     return Event(
         event_id=str(uuid.uuid4()), configuration_set=configuration_set,
         message_id=record["mail"]["messageId"], recipient=recipient, event_type=event_type,
-        timestamp=timestamp, body=json.dumps(record, separators=(",", ":"), ensure_ascii=False),
+        timestamp=timestamp,
+        body=json.dumps(record, separators=(",", ":"), ensure_ascii=False) if body is None else body,
     )
 
 
@@ -74,18 +76,19 @@ class EventBus:
         self._destinations = destinations
         self._store = store
         self._retry_delay = retry_delay
-        self._pending: list[Statement] = []
+        self._pending = counting.Pending()  # counter increments merged as they come
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._throttle = LogThrottle(60.0)
 
     def statements(self, configuration_set: str | None, record: Mapping[str, Any],
-                   recipient: str | None = None, *, recipient_count: int | None = None) -> list[Statement]:
+                   recipient: str | None = None, *, recipient_count: int | None = None,
+                   body: str | None = None) -> list[Statement]:
         """Rows that count the event for reading (always: SES's sending statistics count
         everything) and hand it to every enabled destination of the set matching its type."""
         cset = self._sets.get(configuration_set or "")
-        event = make_event(cset.name if cset else "", record, recipient)
+        event = make_event(cset.name if cset else "", record, recipient, body)
         out: list[Statement] = counting.statements(
             event_id=event.event_id, configuration_set=event.configuration_set, message_id=event.message_id,
             recipient=recipient, event_type=event.event_type, timestamp=event.timestamp, body=event.body,
@@ -105,15 +108,19 @@ class EventBus:
             dest.wake()
 
     def publish(self, configuration_set: str | None, record: Mapping[str, Any],
-                recipient: str | None = None) -> None:
-        """Store an event that reports no state change (a hit); never blocks, never raises."""
+                recipient: str | None = None, *, body: str | None = None) -> None:
+        """Store an event that reports no state change (a hit); never blocks, never raises.
+
+        `body`: the record already serialized (the tracking hit path builds it from
+        cached parts); `record` then needs only what make_event and the counting read:
+        eventType, mail.messageId/timestamp/tags and the child's timestamp (click: link, linkTags)."""
         try:
-            rows = self.statements(configuration_set, record, recipient)
+            rows = self.statements(configuration_set, record, recipient, body=body)
         except Exception:  # noqa: BLE001 - a bad record must not break the caller
             log.exception("event for %s not built", configuration_set)
             return
         if rows:
-            self._pending += rows
+            self._pending.add(rows)
             self._wake.set()
 
     async def start(self) -> None:
@@ -138,11 +145,11 @@ class EventBus:
             self._wake.clear()
             while self._pending:
                 # Everything published since the last commit goes in one transaction.
-                batch, self._pending = self._pending, []
+                batch, self._pending = self._pending, counting.Pending()
                 try:
                     await self._store.write(batch)
                 except Exception as e:  # noqa: BLE001 - e.g. the disk is full: keep and retry
-                    self._pending[:0] = batch
+                    self._pending = counting.Pending([*batch, *self._pending])
                     if self._throttle.should_log("write"):
                         log.error("events not stored yet (%s); %d row(s) kept in memory, retrying",
                                   e, len(self._pending))

@@ -4,13 +4,16 @@
 # recipient is added as "recipient" inside the open / click / failure child object.
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.policy import default as _default_policy
 from email.utils import formataddr, getaddresses
+from json.encoder import encode_basestring as _json_str  # json.dumps's own, for ensure_ascii=False
 from typing import Any
 
 from relay.headers import header_fields, split_header_block
@@ -207,6 +210,56 @@ def click_event(info: MailInfo, *, recipient: str, timestamp: datetime, ip_addre
         "linkTags": {name: list(values) for name, values in link_tags.items()},
         "recipient": recipient,
     })
+
+
+# --- open / click events as JSON text, for the tracking hit path -------------------
+# A hit's record is the message's `mail` object (the same for every hit on that
+# message: serialized once, see mail_json) and a small child object. These build the
+# exact text EventBus would make of open_event()/click_event() (json.dumps with
+# separators=(",", ":") and ensure_ascii=False): tests pin that they agree.
+
+
+def event_json(record: Record) -> str:
+    """An event record as the event bus stores it."""
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+def mail_json(info: MailInfo) -> str:
+    """The `mail` object's JSON text (what every event on this message embeds)."""
+    return event_json(mail_object(info))
+
+
+def iso_seconds(seconds: float) -> str:
+    """iso() of a unix time in seconds (milliseconds truncated, as iso() does)."""
+    ms = int(seconds * 1000)
+    return f"{_iso_second(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+_SECONDS: dict[int, str] = {}  # a few recent seconds' "YYYY-MM-DDTHH:MM:SS"
+
+
+def _iso_second(second: int) -> str:
+    text = _SECONDS.get(second)
+    if text is None:
+        if len(_SECONDS) > 64:
+            _SECONDS.clear()
+        text = _SECONDS[second] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return text
+
+
+def open_event_json(mail: str, *, recipient: str, timestamp: str, ip_address: str, user_agent: str) -> str:
+    """json of open_event(): `mail` from mail_json(), `timestamp` from iso()."""
+    return (f'{{"eventType":"Open","mail":{mail},"open":{{"ipAddress":{_json_str(ip_address)},'
+            f'"timestamp":{_json_str(timestamp)},"userAgent":{_json_str(user_agent)},'
+            f'"recipient":{_json_str(recipient)}}}}}')
+
+
+def click_event_json(mail: str, *, recipient: str, timestamp: str, ip_address: str, user_agent: str,
+                     link: str, link_tags: str) -> str:
+    """json of click_event(): `link_tags` is the tags dict's JSON text (event_json(tags))."""
+    return (f'{{"eventType":"Click","mail":{mail},"click":{{"ipAddress":{_json_str(ip_address)},'
+            f'"timestamp":{_json_str(timestamp)},"userAgent":{_json_str(user_agent)},'
+            f'"link":{_json_str(link)},"linkTags":{link_tags},"recipient":{_json_str(recipient)}}}}}')
 
 
 def rendering_failure_event(info: MailInfo, *, error_message: str, recipient: str | None = None) -> Record:

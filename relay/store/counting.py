@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from relay.events.records import EVENT_TYPE_KEYS
 
@@ -50,6 +50,14 @@ _LINK_ENGAGE = "INSERT OR IGNORE INTO link_engagement(message_id, recipient, lin
 _LINK_TAG = ("INSERT INTO stats_link_tags_hourly(hour, configuration_set, name, value, clicks) VALUES (?, ?, ?, ?, 1) "
              "ON CONFLICT(hour, configuration_set, name, value) DO UPDATE SET clicks = clicks + 1")
 _MESSAGE_TAG = "INSERT OR IGNORE INTO message_tags(message_id, name, value, at) VALUES (?, ?, ?, ?)"
+# The same counters with the increment as a parameter, for coalesce().
+_TOTALS_N = ("INSERT INTO event_totals(configuration_set, event_type, count) VALUES (?, ?, ?) "
+             "ON CONFLICT(configuration_set, event_type) DO UPDATE SET count = count + excluded.count")
+_LINK_TAG_N = ("INSERT INTO stats_link_tags_hourly(hour, configuration_set, name, value, clicks) "
+               "VALUES (?, ?, ?, ?, ?) ON CONFLICT(hour, configuration_set, name, value) "
+               "DO UPDATE SET clicks = clicks + excluded.clicks")
+_AS_SUM = {_TOTALS: _TOTALS_N, _LINK_TAG: _LINK_TAG_N}  # their increment is a literal 1
+_SUMS = {_HOURLY: 3, _TAGS: 5, _TOTALS_N: 2, _LINK_TAG_N: 4}  # statement -> index of its increment
 
 
 def epoch(timestamp: str) -> float:
@@ -102,6 +110,44 @@ def statements(*, event_id: str, configuration_set: str, message_id: str, recipi
                 out += [(_LINK_TAG, (hour, cs, name, value)) for value in values]
         out.append((_ENGAGE, (message_id, recipient, int(event_type == "Open"), int(event_type == "Click"))))
     return out
+
+
+class Pending(list[Statement]):
+    """Rows waiting for one group commit, with the plain counter increments (hourly, tag,
+    total and link-tag counts) of one key summed into one statement, at the place of the
+    first, as rows are added (so no pass over a large batch holds up the event loop).
+    Safe because nothing in a batch reads those counters and additions commute; every
+    other statement keeps its order (the unique-open checks read the engagement rows
+    written between them)."""
+
+    def __init__(self, statements: Iterable[Statement] = ()) -> None:
+        super().__init__()
+        self._first: dict[tuple[str, tuple[Any, ...]], int] = {}
+        self.add(statements)
+
+    def add(self, statements: Iterable[Statement]) -> None:
+        first = self._first
+        for sql, params in statements:
+            sql = _AS_SUM.get(sql, sql)
+            at = _SUMS.get(sql)
+            if at is None:
+                self.append((sql, params))
+                continue
+            if sql in (_TOTALS_N, _LINK_TAG_N) and len(params) == at:
+                params = (*params, 1)
+            key = (sql, tuple(params[:at]))
+            i = first.get(key)
+            if i is None:
+                first[key] = len(self)
+                self.append((sql, tuple(params)))
+            else:
+                summed = self[i][1]
+                self[i] = (sql, (*summed[:at], summed[at] + params[at]))
+
+
+def coalesce(statements: Iterable[Statement]) -> list[Statement]:
+    """The same changes in fewer statements (see Pending)."""
+    return list(Pending(statements))
 
 
 def prune_statements(*, events_before: float, stats_before: float) -> list[Statement]:

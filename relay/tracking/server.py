@@ -59,7 +59,9 @@ class TrackingServer:
                  store: Store | None = None, clock: Callable[[], float] = time.time,
                  metrics: Metrics | None = None) -> None:
         self._config = config
-        self._hits = (metrics or Metrics()).tracking_hits
+        hits = (metrics or Metrics()).tracking_hits
+        # The labelled children resolved once: labels() takes a lock and builds a key per call.
+        self._opens, self._clicks, self._invalid = (hits.labels(kind=k) for k in ("open", "click", "invalid"))
         self._signer = signer
         self._store = store  # only its last_error is read: /healthz runs no query
         self._proxies = config.tracking.trusted_proxies
@@ -112,7 +114,7 @@ class TrackingServer:
             self._runner = None
         if server is not None:
             await server.wait_closed()
-        await self._drain()
+        await self.recorder.close()
 
     async def _drain(self, app: web.Application | None = None) -> None:
         await self.recorder.drain()
@@ -129,11 +131,11 @@ class TrackingServer:
     async def open(self, request: web.Request) -> web.Response:
         claim = self._signer.verify_open(request.match_info["token"])
         if claim is None:
-            self._hits.labels(kind="invalid").inc()
+            self._invalid.inc()
             return web.Response(status=404, text="not found\n")
         # HEAD is a link checker or a proxy's prefetch, not someone reading: answered, not recorded.
         if request.method == "GET":
-            self._hits.labels(kind="open").inc()
+            self._opens.inc()
             self.recorder.hit(claim, self.client_ip(request), request.headers.get("User-Agent", ""))
         return web.Response(body=PIXEL, headers=PIXEL_HEADERS)
 
@@ -144,10 +146,10 @@ class TrackingServer:
         claim = self._signer.verify_click(rest) if "/" in rest else self._signer.verify_legacy_click(rest)
         # Never an open redirect: only an http(s) URL carried in a valid token.
         if claim is None or not claim.url.lower().startswith(("http://", "https://")):
-            self._hits.labels(kind="invalid").inc()
+            self._invalid.inc()
             return web.Response(status=404, text="not found\n")
         if request.method == "GET":
-            self._hits.labels(kind="click").inc()
+            self._clicks.inc()
             self.recorder.hit(claim, self.client_ip(request), request.headers.get("User-Agent", ""))
         # A plain Response is about twice as fast as raising HTTPFound.
         return web.Response(status=302, headers={"Location": _location(claim.url), **NO_CACHE})

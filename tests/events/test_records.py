@@ -330,3 +330,39 @@ def test_for_recipient_narrows_per_recipient_events(event_type: str, recipient: 
     assert out["mail"]["destination"] == (["b@x.test"] if narrowed else ["a@x.test", "b@x.test"])
     assert out["mail"]["messageId"] == "m"
     assert record["mail"]["destination"] == ["a@x.test", "b@x.test"]  # the input is unchanged
+
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)) | st.sampled_from('"\\\n\x00\u2028'),
+                max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ip=_TEXT, ua=_TEXT, rcpt=_TEXT, link=_TEXT,
+       tags=st.dictionaries(_TEXT, st.lists(_TEXT, max_size=3), max_size=3),
+       ms=st.integers(min_value=1_600_000_000_000, max_value=4_000_000_000_000))
+def test_hit_json_is_what_the_bus_makes_of_the_record(ip: str, ua: str, rcpt: str, link: str,
+                                                       tags: dict[str, list[str]], ms: int) -> None:
+    """The tracking hit path's text builders agree byte for byte with json.dumps of the records."""
+    mail = info(message_tags={"caf\u00e9": ["s\u00e9t \"x\""]})
+    at = ms / 1000 + 0.0004
+    ts = datetime.fromtimestamp(at, UTC)
+    assert records.iso_seconds(at) == records.iso(ts)
+    dumps = lambda r: json.dumps(r, separators=(",", ":"), ensure_ascii=False)  # noqa: E731 - as EventBus
+    mail_text = records.mail_json(mail)
+    assert records.open_event_json(mail_text, recipient=rcpt, timestamp=records.iso(ts), ip_address=ip,
+                                   user_agent=ua) == dumps(records.open_event(
+                                       mail, recipient=rcpt, timestamp=ts, ip_address=ip, user_agent=ua))
+    assert records.click_event_json(mail_text, recipient=rcpt, timestamp=records.iso(ts), ip_address=ip,
+                                    user_agent=ua, link=link, link_tags=records.event_json(tags)) == dumps(
+        records.click_event(mail, recipient=rcpt, timestamp=ts, ip_address=ip, user_agent=ua, link=link,
+                            link_tags=tags))
+
+
+def test_hit_json_keeps_lone_surrogates_as_the_bus_does() -> None:
+    mail = info()
+    ts = datetime(2026, 11, 29, 12, 0, 0, 123000, tzinfo=UTC)
+    ua = "bad \udcff agent"
+    assert records.open_event_json(records.mail_json(mail), recipient="r", timestamp=records.iso(ts),
+                                   ip_address="1.2.3.4", user_agent=ua) == json.dumps(
+        records.open_event(mail, recipient="r", timestamp=ts, ip_address="1.2.3.4", user_agent=ua),
+        separators=(",", ":"), ensure_ascii=False)
