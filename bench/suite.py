@@ -43,12 +43,14 @@ from _common import (  # noqa: E402
     CaptureHandler,
     CaptureUpstream,
     Child,
+    PySpy,
     Steal,
     build_message,
     cpu_calibration,
     free_port,
     port_open,
     relay_child,
+    summarize_collapsed,
     wait_until,
 )
 
@@ -344,6 +346,7 @@ class Suite:
     postfixes: list[Postfix] = field(default_factory=list)
     sinks: list[Sink] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    profiles: list[tuple[str, str]] = field(default_factory=list)
 
     def say(self, line: str) -> None:
         self.log.append(line)
@@ -403,7 +406,7 @@ class Suite:
         return time.monotonic() - t0, proc.returncode or 0, err.decode(errors="replace").strip()[-300:]
 
     async def smtp_run(self, server: str, msgfile: Path, *, n: int, rcpts: int, per_message: int,
-                       sink: Sink) -> Measure:
+                       sink: Sink, profile: str = "") -> Measure:
         """Start the server, warm up, then n messages via smtp-source; wait (bounded) until
         n * per_message transactions reached the sink."""
         child: Child | None = None
@@ -420,6 +423,7 @@ class Suite:
         else:
             child, port, _ = await self.start_relay(server, sink.port)
             cpu = lambda: tree_cpu(child.pid)  # noqa: E731 - every serving process
+        spy = PySpy(child.pid, child.cwd / "py-spy.txt") if profile and child is not None else None
         m = Measure()
         limit = self.args.time_limit
         try:
@@ -448,6 +452,9 @@ class Suite:
                 code = await child.stop()
                 if code not in (0, None) and not m.note:
                     m.note = f"{server} exited {code}"
+            if spy is not None and child is not None:
+                await spy.wait()
+                self.profiles.append((profile, summarize_collapsed(spy.out)))
             if pfx is not None:
                 pfx.stop()
 
@@ -502,8 +509,10 @@ async def smtp_scenarios(s: Suite) -> list[Row]:
     for rnd in range(1, a.rounds + 1):
         k = (rnd - 1) % len(plan)
         for key, server, file, n, rcpts, per in plan[k:] + plan[:k]:  # rotated from round to round (drift)
+            profile = f"{key} (round 1)" if a.profile and rnd == 1 and server == "relay" else ""
             try:
-                m = await s.smtp_run(server, files[file], n=n, rcpts=rcpts, per_message=per, sink=sink)
+                m = await s.smtp_run(server, files[file], n=n, rcpts=rcpts, per_message=per, sink=sink,
+                                     profile=profile)
             except RuntimeError as e:
                 m = Measure(note=str(e)[:300])
             results[key].append(m)
@@ -912,6 +921,8 @@ async def amain(a: argparse.Namespace) -> int:
         calib.append(cpu_calibration())
     elapsed = time.monotonic() - t_start
     table = render_table(rows)
+    for name, summary in s.profiles:
+        print(f"\npy-spy profile of relay, {name} (whole process life):\n{summary}")
     print()
     print("\n".join(table))
     lines = [f"# relay benchmark suite{' (smoke: tiny counts, figures meaningless)' if a.smoke else ''}", "",
@@ -951,6 +962,8 @@ def main() -> None:
     p.add_argument("--stats-db", default=None, help="reuse (or create) this file for row 8")
     p.add_argument("--time-limit", type=float, default=None, help="bound on each run's waits, seconds (default 120)")
     p.add_argument("--only", nargs="+", choices=["smtp", "render", "http", "memory", "stats"])
+    p.add_argument("--profile", action="store_true",
+                   help="attach py-spy (pip install py-spy) to relay in round 1 of rows 1-4 and print where it spent time")
     p.add_argument("--no-install", action="store_true", help="never apt-get install")
     p.add_argument("--no-tools", action="store_true", help="act as if smtp-source/sink and wrk were missing")
     p.add_argument("--output", default=str(BENCH / "results" / "latest.md"))
@@ -967,6 +980,8 @@ def main() -> None:
     a.many_limit = 30.0 if smoke else 600.0
     if smoke:
         a.fanout = min(a.fanout, 20)
+    if a.profile and not Path(sys.executable).with_name("py-spy").exists():
+        p.error(f"--profile needs py-spy next to {sys.executable} (pip install py-spy)")
     if min(a.rounds, a.messages, a.big_messages, a.fanout, a.fanout_messages, a.sessions, a.connections) < 1:
         p.error("counts must be positive")
 
