@@ -665,6 +665,7 @@ async def tracking_scenario(s: Suite) -> list[Row]:
     finally:
         await upstream.stop()
     opens, clicks = tracking_urls(capture.messages)
+    spy = PySpy(relay.pid, relay.cwd / "py-spy.txt") if s.args.profile else None
     wd = s.tmp / "baseline-http"
     wd.mkdir()
     base_port = free_port()
@@ -699,6 +700,10 @@ async def tracking_scenario(s: Suite) -> list[Row]:
                     recorded[kind].append((got, w.requests))
                     msg += f", {got} {event} events recorded"
                 s.say(msg + (f"; {w.note}" if w.note else ""))
+    if spy is not None:
+        await relay.stop()
+        await spy.wait()
+        s.profiles.append(("tracking hits, every round", summarize_collapsed(spy.out)))
     for row, kind in zip(rows, ("open", "click"), strict=True):
         rl, bl = results[("relay", kind)], results[("bare", kind)]
         r_rps, b_rps = median([w.rps for w in rl]), median([w.rps for w in bl])
@@ -963,7 +968,8 @@ def main() -> None:
     p.add_argument("--time-limit", type=float, default=None, help="bound on each run's waits, seconds (default 120)")
     p.add_argument("--only", nargs="+", choices=["smtp", "render", "http", "memory", "stats"])
     p.add_argument("--profile", action="store_true",
-                   help="attach py-spy (pip install py-spy) to relay in round 1 of rows 1-4 and print where it spent time")
+                   help="attach py-spy (pip install py-spy) to relay in round 1 of rows 1-4 and in rows 6, "
+                        "and print where it spent its time")
     p.add_argument("--no-install", action="store_true", help="never apt-get install")
     p.add_argument("--no-tools", action="store_true", help="act as if smtp-source/sink and wrk were missing")
     p.add_argument("--output", default=str(BENCH / "results" / "latest.md"))
