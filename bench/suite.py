@@ -7,7 +7,7 @@
 # Every process the suite starts is stopped at the end, Ctrl-C included; loopback only;
 # every wait is bounded. Figures only: nothing here asserts on timing.
 #
-#   .venv/bin/python bench/suite.py                 # the whole suite, medians of 3 rounds (~10 min)
+#   .venv/bin/python bench/suite.py                 # the whole suite, medians of 3 rounds (~7 min)
 #   .venv/bin/python bench/suite.py --smoke         # tiny counts, no installs, ~20 s
 #
 # Writes the machine, the versions and the table to bench/results/latest.md.
