@@ -239,13 +239,16 @@ def relay_child(workdir: Path, config_body: str, smtp_port: int, http_port: int)
 
 
 def relay_config(*, workdir: Path, smtp_port: int, http_port: int, upstream_port: int,
-                 connections: int = 4) -> str:
-    """Two configuration sets: `plain` (untracked: send+delivery to sqlite) and
-    `tracked` (a sqlite destination matching open and click, so messages are instrumented)."""
-    return f"""
+                 connections: int = 4, processes: int | None = None, max_recipients: int = 50) -> str:
+    """relay as shipped (durability kept), two configuration sets: `plain` (untracked:
+    send+delivery to sqlite) and `tracked` (a sqlite destination matching open and click,
+    so messages are instrumented). processes None: relay's own default."""
+    server = f"[server]\nprocesses = {processes}\n" if processes else ""
+    return f"""{server}
 [smtp]
 listen = "{HOST}:{smtp_port}"
 hostname = "relay.bench"
+max_recipients = {max_recipients}
 [upstream]
 url = "smtp://{HOST}:{upstream_port}"
 connections = {connections}

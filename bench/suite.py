@@ -50,6 +50,7 @@ from _common import (  # noqa: E402
     free_port,
     port_open,
     relay_child,
+    relay_config,
     summarize_collapsed,
     wait_until,
 )
@@ -282,38 +283,6 @@ def tree_rss_mb(pid: int) -> float:
     return sum(status_kb(p, "VmRSS") for p in tree(pid)) / 1024
 
 
-def relay_toml(workdir: Path, smtp_port: int, http_port: int, upstream_port: int, *, connections: int,
-               processes: int | None, max_recipients: int) -> str:
-    """relay as shipped (durability kept), two sets: `plain` (untracked) and `tracked`."""
-    server = f"[server]\nprocesses = {processes}\n" if processes else ""
-    return f"""{server}
-[smtp]
-listen = "{HOST}:{smtp_port}"
-hostname = "relay.bench"
-max_recipients = {max_recipients}
-[upstream]
-url = "smtp://{HOST}:{upstream_port}"
-connections = {connections}
-timeout = 30
-[tracking]
-listen = "{HOST}:{http_port}"
-[storage]
-path = "{workdir / 'relay.db'}"
-
-[configuration_sets.plain]
-[[configuration_sets.plain.event_destinations]]
-name = "db"
-type = "sqlite"
-matching_event_types = ["send", "delivery"]
-
-[configuration_sets.tracked]
-[[configuration_sets.tracked.event_destinations]]
-name = "db"
-type = "sqlite"
-matching_event_types = ["send", "delivery", "open", "click"]
-"""
-
-
 # ---------------------------------------------------------------------------------
 # measurements
 
@@ -368,8 +337,9 @@ class Suite:
         wd = self.tmp / f"{name}-{len(self.children)}"
         wd.mkdir()
         smtp_port, http_port = free_port(), free_port()
-        child = relay_child(wd, relay_toml(wd, smtp_port, http_port, upstream_port, connections=self.args.connections,
-                                           processes=self.args.processes, max_recipients=max_recipients),
+        child = relay_child(wd, relay_config(workdir=wd, smtp_port=smtp_port, http_port=http_port,
+                                             upstream_port=upstream_port, connections=self.args.connections,
+                                             processes=self.args.processes, max_recipients=max_recipients),
                             smtp_port, http_port)
         self.children.append(child)
         await child.start(timeout=30)

@@ -14,7 +14,7 @@ import sqlite3
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any, AsyncIterator, NoReturn
+from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn, TypeVar
 
 import click
 
@@ -23,6 +23,7 @@ from relay import logs, report, stats
 from relay.errors import ConfigError
 from relay.store import Store
 
+T = TypeVar("T")
 DEFAULT_FILE = "relay.toml"
 FOLLOW_INTERVAL = 0.5  # seconds between polls of `relay events --follow`
 PAGE = 1000  # events read per query
@@ -145,6 +146,14 @@ async def _reading(cfg: config_mod.Config, *, write: bool = False) -> AsyncItera
         await store.close()
 
 
+def _query(cfg: config_mod.Config, query: Callable[[Store], Awaitable[T]], *, write: bool = False) -> T:
+    """Run one query against the storage file (read-only unless `write`) and return its result."""
+    async def run() -> T:
+        async with _reading(cfg, write=write) as store:
+            return await query(store)
+    return asyncio.run(run())
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -221,11 +230,7 @@ def stats_command(config_path: str | None, configuration_set: str | None, since:
     cfg = _load(config_path)
     cset, period, tag_pair = _set(cfg, configuration_set), _period(since, until), _tag(tag)
 
-    async def run() -> dict[str, Any]:
-        async with _reading(cfg) as store:
-            return await stats.stats(store, configuration_set=cset, period=period, by=by, tag=tag_pair)
-
-    doc = asyncio.run(run())
+    doc = _query(cfg, lambda store: stats.stats(store, configuration_set=cset, period=period, by=by, tag=tag_pair))
     if as_json:
         _print_json(doc)
     else:
@@ -297,12 +302,8 @@ def messages_command(config_path: str | None, since: str | None, configuration_s
     period = _period(since, None) if since else None
     cset = _set(cfg, configuration_set)
 
-    async def run() -> list[dict[str, Any]]:
-        async with _reading(cfg) as store:
-            return await stats.messages(store, period=period, configuration_set=cset, recipient=recipient,
-                                        search=search, limit=limit)
-
-    rows = asyncio.run(run())
+    rows = _query(cfg, lambda store: stats.messages(store, period=period, configuration_set=cset,
+                                                    recipient=recipient, search=search, limit=limit))
     if as_json:
         _print_json(rows)
     else:
@@ -317,11 +318,7 @@ def message_command(config_path: str | None, message_id: str, as_json: bool) -> 
     """One message: each recipient's timeline (send, delivery, delays, bounce, opens, clicks)."""
     cfg = _load(config_path)
 
-    async def run() -> dict[str, Any] | None:
-        async with _reading(cfg) as store:
-            return await stats.message(store, message_id)
-
-    doc = asyncio.run(run())
+    doc = _query(cfg, lambda store: stats.message(store, message_id))
     if doc is None:
         _fail(f"no message {message_id!r} in {cfg.storage.path} (unknown, or pruned)", 1)
     if as_json:
@@ -340,11 +337,7 @@ def prune_command(config_path: str | None) -> None:
 
     cfg = _load(config_path)
 
-    async def run() -> None:
-        async with _reading(cfg, write=True) as store:
-            await retention.prune(store, cfg, now=time.time())
-
-    asyncio.run(run())
+    _query(cfg, lambda store: retention.prune(store, cfg, now=time.time()), write=True)
     s = cfg.storage
     click.echo(f"{s.path}: pruned (events older than {s.retention_days:g} days, hourly counts older than "
                f"{s.stats_retention_days:g}, bodies older than {s.body_retention_days:g}, finished messages "
@@ -384,11 +377,7 @@ def dead_letters_command(config_path: str | None, destination: str | None, as_js
     cfg = _load(config_path)
     name = _destination(cfg, destination)
 
-    async def run() -> list[dict[str, Any]]:
-        async with _reading(cfg) as store:
-            return await stats.dead_letters(store, name)
-
-    rows = asyncio.run(run())
+    rows = _query(cfg, lambda store: stats.dead_letters(store, name))
     if as_json:
         _print_json(rows)
     else:
@@ -406,11 +395,7 @@ def replay_command(config_path: str | None, destination: str | None) -> None:
     cfg = _load(config_path)
     name = _destination(cfg, destination)
 
-    async def run() -> int:
-        async with _reading(cfg, write=True) as store:
-            return await webhooks.replay(store, name, now=time.time())
-
-    n = asyncio.run(run())
+    n = _query(cfg, lambda store: webhooks.replay(store, name, now=time.time()), write=True)
     click.echo(f"{n} dead letter(s) re-queued" + (f" for {name}" if name else ""))
 
 

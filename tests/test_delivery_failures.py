@@ -102,14 +102,6 @@ async def upstream() -> AsyncIterator[Upstream]:
     await up.stop()
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(str(tmp_path / "relay.db"))
-    await s.open()
-    yield s
-    await s.close()
-
-
 async def running(env: Env) -> None:
     await env.bus.start()
     env.deliverer.start(env.config.upstream.connections)

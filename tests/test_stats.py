@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -50,14 +50,6 @@ def test_buckets_start_on_whole_hours_and_days() -> None:
     assert [(b.day, b.hour) for b in days] == [(1, 0), (2, 0), (3, 0)]
     with pytest.raises(stats.PeriodError):
         stats.buckets(p, "week")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(str(tmp_path / "relay.db"))
-    await s.open()
-    yield s
-    await s.close()
 
 
 class Traffic:

@@ -9,10 +9,8 @@ import signal
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiosmtplib
-import pytest
 
 from relay import config as cfg
 from relay.events import records
@@ -34,14 +32,6 @@ def open_record(n: int) -> dict:
                              caller_identity=None)
     return records.open_event(mail, recipient="b@example.org", timestamp=datetime.now(timezone.utc),
                               ip_address="127.0.0.1", user_agent="test")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(str(tmp_path / "relay.db"))
-    await s.open()
-    yield s
-    await s.close()
 
 
 def stored(db: Path) -> list[str]:

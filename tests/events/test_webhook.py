@@ -114,16 +114,6 @@ async def outbox(store: Store, destination: str = "set/hook") -> list[tuple[str,
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(str(tmp_path / "relay.db"))
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-@pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     r = Receiver(port=free_port())  # not started: each test brings it up when it wants
     try:
