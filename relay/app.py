@@ -32,6 +32,8 @@ from relay.upstream import make_upstream
 
 log = logging.getLogger("relay")
 
+OTHERS_GRACE = 40.0  # s the primary waits for the other workers at shutdown (supervisor: 45)
+
 
 class App:
     def __init__(self, config: Config, role: Role | None = None) -> None:
@@ -86,6 +88,10 @@ class App:
                     await dest.start()
                     stack.push_async_callback(dest.close)
                 destinations[(cset.name, d.name)] = dest
+        if self.role is not None and self.primary:
+            # Runs after this process's bus has flushed and before the destinations close:
+            # the others' last events (hits recorded as SIGTERM came) are published too.
+            stack.push_async_callback(self._others_stopped)
         self.bus = EventBus(config.configuration_sets, destinations, self.store)
         await self.bus.start()
         stack.push_async_callback(self.bus.close)  # before the destinations close: they publish its rows
@@ -139,6 +145,13 @@ class App:
 
     async def stop(self) -> None:
         await self._stack.aclose()
+
+    async def _others_stopped(self) -> None:
+        assert self.role is not None
+        if not await self.role.others_stopped(timeout=OTHERS_GRACE):
+            log.warning("other workers still running after %.0f s; their last events are "
+                        "published at the next start", OTHERS_GRACE)
+        self.bus.committed()  # their outbox rows: the destinations drain them as they close
 
     async def _wake_destinations_forever(self, every: float = 0.25) -> None:
         """Primary of several processes: the others' commits carry outbox rows too, which

@@ -29,6 +29,9 @@ HTTPS_POLICIES = ("REQUIRE", "REQUIRE_OPEN_ONLY", "OPTIONAL")  # SES TrackingOpt
 # SES quotas: configuration set and event destination names are <= 64 of A-Z a-z 0-9 - _.
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+DKIM_SIGN = ("changed", "all")  # sign only copies relay rewrote, or every message from the domain
+SUPPRESSION_REASONS = ("bounce", "complaint")  # SES SuppressedReasons (BOUNCE, COMPLAINT)
+DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 # One message to 10,000 recipients, tracked, completes with ~80 MB over idle (2026-11-29).
 MEASURED_MAX_RECIPIENTS = 10_000
 
@@ -173,6 +176,12 @@ class ConfigurationSet:
     event_destinations: tuple[EventDestination, ...] = ()
     tracking_base_url: str | None = None  # SES CustomRedirectDomain
     https_policy: str = "OPTIONAL"  # SES HttpsPolicy
+    return_path_domain: str | None = None  # overrides [feedback] return_path_domain
+    # SES SuppressionOptions.SuppressedReasons for this set; None: the account's [suppression].
+    suppressed_reasons: frozenset[str] | None = None
+    # Every message gets one-click List-Unsubscribe (RFC 8058), even without
+    # X-SES-LIST-MANAGEMENT-OPTIONS (then the contact list is the set's name).
+    list_unsubscribe: bool = False
 
     def publishes(self, event_key: str) -> bool:
         return any(d.matches(event_key) for d in self.event_destinations)
@@ -198,6 +207,39 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DkimDomain:
+    """[dkim.<domain>]: the key relay signs copies from that From: domain with (RFC 6376)."""
+
+    domain: str  # lower case
+    selector: str
+    private_key: str = field(repr=False)  # path of a PEM file (RSA >= 2048 bits or Ed25519, RFC 8463)
+    sign: str = "changed"  # DKIM_SIGN
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedbackConfig:
+    """[feedback]: the VERP return path and the inbound listener for DSNs and ARF reports."""
+
+    # Envelope sender of every copy: b-<token>@<return_path_domain>; None: the original.
+    return_path_domain: str | None = None
+    # The inbound SMTP listener (port 25 in production); None: none.
+    listen: Listen | None = None
+    # Feedback-loop addresses registered with providers (ARF reports), lower case.
+    addresses: tuple[str, ...] = ()
+    max_message_size: int = 10 * 1024 * 1024  # a report quotes at most the original
+    max_connections: int = 0  # 0: auto, a share of the file-descriptor limit
+    max_connections_per_client: int = DEFAULT_PER_CLIENT
+    timeout: float = 300.0  # seconds of silence before the connection is closed (RFC 5321 §4.5.3.2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuppressionConfig:
+    """[suppression]: the account-level suppression list (SES's)."""
+
+    reasons: frozenset[str] = frozenset(SUPPRESSION_REASONS)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     source: str = "<embedded default>"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -209,6 +251,22 @@ class Config:
     webhook: WebhookConfig = WebhookConfig()
     # None: no admin listener (a config file without an [admin] section).
     admin: AdminConfig | None = None
+    dkim: Mapping[str, DkimDomain] = field(default_factory=dict)  # by lower-case domain
+    feedback: FeedbackConfig = FeedbackConfig()
+    suppression: SuppressionConfig = SuppressionConfig()
+
+    def return_path_domain(self, configuration_set: str | None) -> str | None:
+        """The VERP domain for a message of this set (the set's own, else the global one)."""
+        cset = self.configuration_sets.get(configuration_set or "")
+        if cset is not None and cset.return_path_domain is not None:
+            return cset.return_path_domain
+        return self.feedback.return_path_domain
+
+    def suppressed_reasons(self, configuration_set: str | None) -> frozenset[str]:
+        cset = self.configuration_sets.get(configuration_set or "")
+        if cset is not None and cset.suppressed_reasons is not None:
+            return cset.suppressed_reasons
+        return self.suppression.reasons
 
 
 def in_networks(ip: str, networks: tuple[Any, ...]) -> bool:
@@ -270,7 +328,8 @@ def load(path: str | Path) -> Config:
 
 def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     r = _Reader(source)
-    known = {"server", "smtp", "upstream", "tracking", "storage", "configuration_sets", "admin", "webhook"}
+    known = {"server", "smtp", "upstream", "tracking", "storage", "configuration_sets", "admin", "webhook",
+             "dkim", "feedback", "suppression"}
     r.no_unknown(data, "", known)
     smtp = _smtp(r, r.table(data, "smtp"))
     upstream = _upstream(r, r.table(data, "upstream"))
@@ -292,8 +351,78 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     server_table = r.table(data, "server")
     r.no_unknown(server_table, "server", {"processes"})
     server = ServerConfig(processes=r.integer(server_table, "server.processes", _cores()))
+    dkim: dict[str, DkimDomain] = {}
+    for domain, body in r.table(data, "dkim").items():
+        key = f"dkim.{domain}"
+        if not DOMAIN_RE.match(domain):
+            r.fail(key, "a table named for a domain, like [dkim.\"example.com\"]", domain)
+        if not isinstance(body, dict):
+            r.fail(key, "a table", body)
+        dkim[domain.lower()] = _dkim(r, key, domain.lower(), body)
+    feedback = _feedback(r, r.table(data, "feedback"), smtp)
+    if feedback.listen is not None and admin is not None and _overlap(feedback.listen, admin.listen):
+        r.fail("feedback.listen", f"an address other than admin.listen ({admin.listen})", str(feedback.listen))
+    if feedback.listen is not None and _overlap(feedback.listen, tracking.listen):
+        r.fail("feedback.listen", f"an address other than tracking.listen ({tracking.listen})", str(feedback.listen))
+    suppression_table = r.table(data, "suppression")
+    r.no_unknown(suppression_table, "suppression", {"reasons"})
+    suppression = SuppressionConfig(reasons=_reasons(r, suppression_table, "suppression.reasons",
+                                                     SuppressionConfig().reasons))
     return Config(source=source, server=server, smtp=smtp, upstream=upstream, tracking=tracking,
-                  storage=storage, configuration_sets=sets, admin=admin, webhook=webhook)
+                  storage=storage, configuration_sets=sets, admin=admin, webhook=webhook,
+                  dkim=dkim, feedback=feedback, suppression=suppression)
+
+
+def _reasons(r: _Reader, t: Mapping[str, Any], key: str, default: frozenset[str]) -> frozenset[str]:
+    v = t.get(key.rsplit(".", 1)[-1], sorted(default))
+    if not isinstance(v, list) or not all(x in SUPPRESSION_REASONS for x in v):
+        r.fail(key, f"a list of {', '.join(SUPPRESSION_REASONS)} (may be empty)", v)
+    return frozenset(v)
+
+
+def _domain(r: _Reader, t: Mapping[str, Any], key: str) -> str | None:
+    v = r.opt_string(t, key)
+    if v is not None and not DOMAIN_RE.match(v):
+        r.fail(key, "a domain name like bounces.example.com", v)
+    return v.lower() if v is not None else None
+
+
+def _dkim(r: _Reader, key: str, domain: str, t: dict[str, Any]) -> DkimDomain:
+    r.no_unknown(t, key, {"selector", "private_key", "sign"})
+    selector = r.string(t, f"{key}.selector", "")
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+                        selector):
+        r.fail(f"{key}.selector", "a DNS label like s2026 (RFC 6376 §3.1)", selector)
+    private_key = r.string(t, f"{key}.private_key", "")
+    if not Path(private_key).is_file():
+        r.fail(f"{key}.private_key", "a readable PEM file (relay dkim keygen writes one)", private_key)
+    sign = t.get("sign", "changed")
+    if sign not in DKIM_SIGN:
+        r.fail(f"{key}.sign", " or ".join(repr(x) for x in DKIM_SIGN), sign)
+    return DkimDomain(domain=domain, selector=selector, private_key=private_key, sign=sign)
+
+
+def _feedback(r: _Reader, t: dict[str, Any], smtp: SmtpConfig) -> FeedbackConfig:
+    r.no_unknown(t, "feedback", {"return_path_domain", "listen", "addresses", "max_message_size",
+                                 "max_connections", "max_connections_per_client", "timeout"})
+    d = FeedbackConfig()
+    addresses = t.get("addresses", [])
+    if not isinstance(addresses, list) or not all(
+            isinstance(a, str) and re.fullmatch(r"[^@\s]+@[^@\s]+", a) for a in addresses):
+        r.fail("feedback.addresses", 'a list of addresses like "fbl@example.com"', addresses)
+    listen = r.listen(t, "feedback.listen", Listen(host="", port=0)) if "listen" in t else None
+    if listen is not None and _overlap(listen, smtp.listen):
+        r.fail("feedback.listen", f"an address other than smtp.listen ({smtp.listen})", str(listen))
+    return FeedbackConfig(
+        return_path_domain=_domain(r, t, "feedback.return_path_domain"),
+        listen=listen,
+        addresses=tuple(a.lower() for a in addresses),
+        max_message_size=r.integer(t, "feedback.max_message_size", d.max_message_size, minimum=1024),
+        max_connections=r.integer(t, "feedback.max_connections", d.max_connections, minimum=0),
+        max_connections_per_client=r.integer(t, "feedback.max_connections_per_client",
+                                             d.max_connections_per_client),
+        timeout=r.number(t, "feedback.timeout", d.timeout),
+    )
 
 
 class _Reader:
@@ -560,7 +689,8 @@ def _overlap(a: Listen, b: Listen) -> bool:
 
 
 def _configuration_set(r: _Reader, key: str, name: str, t: dict[str, Any]) -> ConfigurationSet:
-    r.no_unknown(t, key, {"event_destinations", "tracking_base_url", "https_policy"})
+    r.no_unknown(t, key, {"event_destinations", "tracking_base_url", "https_policy", "return_path_domain",
+                          "suppressed_reasons", "list_unsubscribe"})
     policy = t.get("https_policy", "OPTIONAL")
     if policy not in HTTPS_POLICIES:
         r.fail(f"{key}.https_policy", " or ".join(HTTPS_POLICIES), policy)
@@ -582,6 +712,10 @@ def _configuration_set(r: _Reader, key: str, name: str, t: dict[str, Any]) -> Co
         event_destinations=tuple(dests),
         tracking_base_url=r.base_url(t, f"{key}.tracking_base_url", None),
         https_policy=policy,
+        return_path_domain=_domain(r, t, f"{key}.return_path_domain"),
+        suppressed_reasons=(_reasons(r, t, f"{key}.suppressed_reasons", frozenset())
+                            if "suppressed_reasons" in t else None),
+        list_unsubscribe=r.boolean(t, f"{key}.list_unsubscribe", False),
     )
 
 

@@ -9,6 +9,7 @@
 # so whatever supervises relay restarts it whole and the primary resumes everything.
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -40,10 +41,34 @@ class Role:
     smtp_socket: socket.socket
     tracking_socket: socket.socket
     started_at: float  # the primary resumes what was pending before this; the rest is its owner's
+    # A pipe every other worker holds open until it exits: the primary's end reads EOF once
+    # they all have, so it publishes their last events (file destination, webhooks) last.
+    others_pipe: tuple[int, int]
 
     @property
     def primary(self) -> bool:
         return self.index == 0
+
+    async def others_stopped(self, timeout: float) -> bool:
+        """In the primary: wait until every other worker has exited (or timeout)."""
+        if self.count == 1:
+            return True
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        fd = self.others_pipe[0]  # nobody writes to it: readable means EOF
+
+        def readable() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            await asyncio.wait_for(done, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(fd)
 
 
 def raise_open_files_limit() -> int:
@@ -129,15 +154,19 @@ def run(config: Config) -> int:
             s.close()
         raise
     started_at = time.time()
+    others_pipe = os.pipe()
     pids: dict[int, int] = {}
     stopping = _install_forwarding(pids)
     for index in range(count):
         pid = os.fork()
         if pid == 0:
-            _worker(config, Role(index, count, smtp[index], tracking[index], started_at), [*smtp, *tracking])
+            role = Role(index, count, smtp[index], tracking[index], started_at, others_pipe)
+            _worker(config, role, [*smtp, *tracking])
         pids[pid] = index
     for s in [*smtp, *tracking]:
         s.close()
+    for fd in others_pipe:
+        os.close(fd)
     return _supervise(pids, stopping, metrics_dir)
 
 
@@ -153,8 +182,8 @@ def _worker(config: Config, role: Role, inherited: list[socket.socket]) -> None:
         for s in inherited:
             if s not in (role.smtp_socket, role.tracking_socket):
                 s.close()
-        import asyncio
-
+        # The primary keeps the read end; the others keep the write end until they exit.
+        os.close(role.others_pipe[1] if role.primary else role.others_pipe[0])
         from relay.app import serve
 
         asyncio.run(serve(config, role=role))
