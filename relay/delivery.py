@@ -158,11 +158,14 @@ class Deliverer:
 
     async def _send(self, job: Job, recipients: list[str]) -> dict[str, Reply]:
         assert job.data is not None
+        refused = await self._refused(job, recipients)
+        recipients = [r for r in recipients if r not in refused]
+        if not recipients:
+            return refused
         cset = self._config.configuration_sets.get(job.configuration_set or "")
-        if not job.tracked or cset is None:
-            # Untracked: byte-for-byte as accepted, one transaction for all recipients.
-            return await self._upstream.send(job.mail_from, recipients, job.data)
-        if job.prepared is None:
+        tracked = job.tracked and cset is not None
+        if tracked and job.prepared is None:
+            assert cset is not None
             options = TrackingOptions(open=cset.tracks_opens, click=cset.tracks_clicks)
             if len(job.data) > 64 * 1024:
                 # ~20 ms for a 100 KB newsletter: off the event loop, so hits and intake
@@ -172,24 +175,34 @@ class Deliverer:
                 job.prepared = prepare(job.data, options)
             for note in job.prepared.notes:  # e.g. a link too long to track: left as it is
                 log.info("message %s: %s", job.message_id, note)
-        prepared = job.prepared
-        if prepared.failure is not None:
+        prepared = job.prepared if tracked else None
+        if prepared is not None and prepared.failure is not None:
             if not job.rendering_reported:
                 job.pending_events.append((records.rendering_failure_event(
                     job.mail, error_message=prepared.failure), None))
-            return await self._upstream.send(job.mail_from, recipients, job.data)
-        base_url = cset.tracking_base_url or self._config.tracking.base_url
+            prepared = None  # sent as accepted
+        if prepared is None and not self._per_recipient(job):
+            # Byte-for-byte as accepted (but for what _copy adds), one transaction for all.
+            sender, data = self._copy(job, None, job.data, changed=False)
+            return {**refused, **await self._upstream.send(sender, recipients, data)}
+        assert cset is not None or prepared is None
+        base_url = (cset.tracking_base_url if cset is not None else None) or self._config.tracking.base_url
         # One transaction per recipient, each with its own tokens (per-recipient attribution).
         slots = asyncio.Semaphore(self._config.upstream.connections)
 
         async def send_one(rcpt: str) -> Reply:
             async with slots:  # a copy is built only when it can soon be sent
                 try:
-                    data = personalize(prepared, signer=self._signer, base_url=base_url,
-                                       https_policy=cset.https_policy, message_id=job.message_id,
-                                       recipient_index=job.mail.destination.index(rcpt),
-                                       sent_at=job.accepted_at)
-                    return (await self._upstream.send(job.mail_from, [rcpt], data))[rcpt]
+                    assert job.data is not None
+                    data = job.data
+                    if prepared is not None:
+                        assert cset is not None
+                        data = personalize(prepared, signer=self._signer, base_url=base_url,
+                                           https_policy=cset.https_policy, message_id=job.message_id,
+                                           recipient_index=job.mail.destination.index(rcpt),
+                                           sent_at=job.accepted_at)
+                    sender, data = self._copy(job, rcpt, data, changed=prepared is not None)
+                    return (await self._upstream.send(sender, [rcpt], data))[rcpt]
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # noqa: BLE001 - one copy's failure is that copy's outcome
@@ -200,10 +213,46 @@ class Deliverer:
         if first.code == 0:
             # The upstream is unreachable: the others would only wait for the same
             # timeout. They are deferred with the same reason.
-            return {r: first for r in recipients}
+            return {**refused, **{r: first for r in recipients}}
         # The rest in parallel, over the pooled connections.
         rest = await asyncio.gather(*(send_one(r) for r in recipients[1:]))
-        return dict(zip(recipients, [first, *rest], strict=True))
+        return {**refused, **dict(zip(recipients, [first, *rest], strict=True))}
+
+    # What happens to each copy beyond tracking (#10: deliverability). Each step is a
+    # pure function of the copy; the order matters: DKIM signs last, over the final bytes.
+
+    async def _refused(self, job: Job, recipients: list[str]) -> dict[str, Reply]:
+        """Recipients relay will not send to (suppression list, unsubscribed): their outcome."""
+        return {}
+
+    def _per_recipient(self, job: Job) -> bool:
+        """Whether an untracked message still needs one copy per recipient (a VERP return
+        path or an unsubscribe link is per recipient)."""
+        return False
+
+    def _copy(self, job: Job, rcpt: str | None, data: bytes, *, changed: bool) -> tuple[str, bytes]:
+        """The envelope sender and the final bytes of one copy (rcpt None: the one copy for
+        every recipient). `changed`: relay rewrote the body (tracking)."""
+        sender = self._return_path(job, rcpt)
+        data = self._list_management(job, rcpt, data)
+        data = self._feedback_id(job, data)
+        return sender, self._dkim(job, data, changed=changed)
+
+    def _return_path(self, job: Job, rcpt: str | None) -> str:
+        """The envelope sender: the original, or a VERP address under [feedback]."""
+        return job.mail_from
+
+    def _list_management(self, job: Job, rcpt: str | None, data: bytes) -> bytes:
+        """List-Unsubscribe headers and the {{amazonSESUnsubscribeUrl}} placeholder."""
+        return data
+
+    def _feedback_id(self, job: Job, data: bytes) -> bytes:
+        """The Feedback-ID: header providers group their reports by."""
+        return data
+
+    def _dkim(self, job: Job, data: bytes, *, changed: bool) -> bytes:
+        """Sign for the From: domain with [dkim.<domain>]; drop signatures the rewrite broke."""
+        return data
 
     async def _record(self, job: Job, replies: dict[str, Reply]) -> None:
         """Commit each recipient's outcome with its events (and any DSN) in one transaction."""

@@ -17,6 +17,10 @@ class Reply:
     code: int  # SMTP reply code; 0 when there was no reply (connection failed, timeout)
     message: str
     remote: str = ""  # the host that answered, for Remote-MTA / reportingMTA
+    # Not sent at all by relay's own decision (suppression list, unsubscribed): the
+    # Bounce's bounceSubType (SES's OnAccountSuppressionList, UnsubscribedRecipient).
+    # No DSN goes to the sender for it: the event is the report, as with SES.
+    refused: str | None = None
 
     def __str__(self) -> str:
         return f"{self.code} {self.message}" if self.code else self.message
@@ -60,14 +64,17 @@ def judge(*, mail: records.MailInfo, attempts: Mapping[str, int], replies: Mappi
                 delay_type=delay_type(reply.code, reply.message), expiration_time=expires,
                 timestamp=now_dt, reporting_mta=reporting_mta), rcpt))
             continue
-        if outcome is Outcome.TRANSIENT:  # retried until max_delivery_seconds: give up
+        if reply.refused is not None:
+            bounce_type, sub = "Permanent", reply.refused
+        elif outcome is Outcome.TRANSIENT:  # retried until max_delivery_seconds: give up
             status, bounce_type, sub = "5.4.7", "Transient", "General"  # RFC 3463: delivery time expired
             text = f"{text} (gave up after {tries} attempts: delivery time expired)"
         else:
             bounce_type, sub = "Permanent", bounce_subtype(reply.code, reply.message)
         v.bounced.append((rcpt, text))
-        v.failed.append(FailedRecipient(recipient=rcpt, status=status, diagnostic=text,
-                                        remote_mta=reply.remote or None))
+        if reply.refused is None:
+            v.failed.append(FailedRecipient(recipient=rcpt, status=status, diagnostic=text,
+                                            remote_mta=reply.remote or None))
         v.events.append((records.bounce_event(
             mail, recipients=[records.BouncedRecipient(
                 email_address=rcpt, status=status, diagnostic_code=f"smtp; {text}")],
