@@ -22,6 +22,7 @@ from relay.events.subscriptions import SubscriptionConfirmations
 from relay.events.webhook import WebhookDestination
 from relay.limits import LogThrottle
 from relay.metrics import Metrics
+from relay.return_path import ReturnPaths
 from relay.smtp import IntakeHandler, SmtpServer
 from relay.spool import Spool
 from relay.store import Store, new_secret
@@ -103,8 +104,11 @@ class App:
         # Every process delivers what it accepted itself (no hand-off, no second read of
         # the message); what was pending before the service started is resumed once, by
         # the primary.
+        # VERP return paths are signed with the tracking secrets (a namespace of their own).
+        self.return_paths = ReturnPaths([s.encode() for s in secrets])
         self.deliverer = Deliverer(config=config, spool=self.spool, upstream=upstream, bus=self.bus,
-                                   signer=self.signer, schedule=self.schedule, metrics=self.metrics)
+                                   signer=self.signer, schedule=self.schedule, metrics=self.metrics,
+                                   return_paths=self.return_paths)
         if self.primary:
             before = self.role.started_at if self.role is not None else None
             for job in await self.spool.pending(accepted_before=before):  # resume at once after a restart
@@ -227,6 +231,7 @@ async def serve(config: Config, role: Role | None = None) -> None:
     primary = role is None or role.primary
     if primary:  # one line for the whole service, however many processes serve
         admin = f"; admin on http://{config.admin.listen}/" if config.admin is not None else ""
+        admin += f"; feedback on {config.feedback.listen}" if config.feedback.listen is not None else ""
         processes = f"; {role.count} processes" if role is not None else ""
         print(f"relay: SMTP listening on {config.smtp.listen}; tracking on {config.tracking.listen}{admin}; "
               f"upstream {config.upstream.safe_url}{processes}", flush=True)

@@ -16,12 +16,13 @@ from relay import dsn as dsn_mod
 from relay.config import Config
 from relay.events import records
 from relay.events.bus import EventBus
-from relay.headers import split_header_block
+from relay.headers import add_header, split_header_block
 from relay.instrument import TrackingOptions, personalize, prepare
 from relay.intake import new_message_id
 from relay.metrics import Metrics
 from relay.outcomes import Reply, judge
 from relay.retry import RetryPolicy
+from relay.return_path import ReturnPathClaim, ReturnPaths
 from relay.spool import Job, Spool, put_statements, result_statements
 from relay.store.counting import NOTICE_TAG
 from relay.tokens import Signer
@@ -80,8 +81,10 @@ class Schedule:
 
 class Deliverer:
     def __init__(self, *, config: Config, spool: Spool, upstream: Upstream, bus: EventBus,
-                 signer: Signer, schedule: Schedule, metrics: Metrics | None = None) -> None:
+                 signer: Signer, schedule: Schedule, metrics: Metrics | None = None,
+                 return_paths: ReturnPaths | None = None) -> None:
         self._config = config
+        self._return_paths = return_paths
         self._metrics = metrics or Metrics()
         self._spool = spool
         self._upstream = upstream
@@ -228,7 +231,7 @@ class Deliverer:
     def _per_recipient(self, job: Job) -> bool:
         """Whether an untracked message still needs one copy per recipient (a VERP return
         path or an unsubscribe link is per recipient)."""
-        return False
+        return self._verp_domain(job) is not None
 
     def _copy(self, job: Job, rcpt: str | None, data: bytes, *, changed: bool) -> tuple[str, bytes]:
         """The envelope sender and the final bytes of one copy (rcpt None: the one copy for
@@ -238,17 +241,35 @@ class Deliverer:
         data = self._feedback_id(job, data)
         return sender, self._dkim(job, data, changed=changed)
 
+    def _verp_domain(self, job: Job) -> str | None:
+        """The return path domain of this message's copies, if any. Never for the null
+        sender: a bounce must not bounce (RFC 5321 §4.5.5), and relay's DSNs use it."""
+        if not job.mail_from or self._return_paths is None:
+            return None
+        return self._config.return_path_domain(job.configuration_set)
+
     def _return_path(self, job: Job, rcpt: str | None) -> str:
         """The envelope sender: the original, or a VERP address under [feedback]."""
-        return job.mail_from
+        domain = self._verp_domain(job)
+        if domain is None or rcpt is None:
+            return job.mail_from
+        assert self._return_paths is not None
+        claim = ReturnPathClaim(job.message_id, job.mail.destination.index(rcpt))
+        return self._return_paths.address(claim, domain) or job.mail_from
 
     def _list_management(self, job: Job, rcpt: str | None, data: bytes) -> bytes:
         """List-Unsubscribe headers and the {{amazonSESUnsubscribeUrl}} placeholder."""
         return data
 
     def _feedback_id(self, job: Job, data: bytes) -> bytes:
-        """The Feedback-ID: header providers group their reports by."""
-        return data
+        """The Feedback-ID: header providers group their reports by (Gmail's format,
+        CampaignID:CustomerID:MailTypeID:SenderID): the configuration set, "relay", and
+        relay's host name. Only with a return path domain (the feedback loop is set up);
+        one the mailer already wrote is kept."""
+        if self._verp_domain(job) is None:
+            return data
+        value = f"{job.configuration_set or 'none'}:relay:{self._config.smtp.hostname}"
+        return add_header(data, "Feedback-ID", value, unless_present=True)
 
     def _dkim(self, job: Job, data: bytes, *, changed: bool) -> bytes:
         """Sign for the From: domain with [dkim.<domain>]; drop signatures the rewrite broke."""

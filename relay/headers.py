@@ -51,3 +51,23 @@ def header_fields(block: bytes) -> list[HeaderField]:
         value = re.sub(r"\r?\n(?=[ \t])", "", raw.decode("utf-8", "replace")).strip()
         fields.append(HeaderField(name=m.group(1).decode("ascii"), value=value, start=start, end=pos))
     return fields
+
+
+_TRACE = ("received", "return-path")  # RFC 5322 §3.6.7: trace fields stay on top
+
+
+def add_header(data: bytes, name: str, value: str, *, unless_present: bool = False) -> bytes:
+    """`data` with the field `name: value` spliced in after the leading trace fields (so
+    relay's Received: stays first), in the message's own line ending; the rest of the
+    bytes untouched. `unless_present`: keep a field of that name the mailer wrote."""
+    block, _ = split_header_block(data)
+    fields = header_fields(block)
+    if unless_present and any(f.name.lower() == name.lower() for f in fields):
+        return data
+    at = 0
+    for f in fields:
+        if f.name.lower() not in _TRACE or f.start != at:
+            break
+        at = f.end
+    eol = b"\n" if b"\n" in block and b"\r\n" not in block else b"\r\n"
+    return b"".join((data[:at], f"{name}: {value}".encode("utf-8"), eol, data[at:]))

@@ -16,6 +16,9 @@ HIT_KINDS = ("open", "click", "invalid")  # invalid: a token that does not verif
 # An upstream attempt takes milliseconds on a LAN and up to the data timeout (600 s).
 ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
+# bounce, complaint: recorded; the rest recorded nothing (relay.feedback.listener).
+FEEDBACK_RESULTS = ("bounce", "complaint", "auto_reply", "not_a_failure", "unattributed", "unrecognised")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -29,11 +32,16 @@ class Metrics:
         self.tracking_hits = Counter(
             "relay_tracking_hits", "Tracking requests served, by kind (this process)",
             ["kind"], registry=self.registry)
+        self.feedback_reports = Counter(
+            "relay_feedback_reports", "Inbound reports on the feedback listener, by what they became (this process)",
+            ["result"], registry=self.registry)
         # Every label value from the start, so a rate() over a fresh process has a zero to start from.
         for result in SMTP_RESULTS:
             self.smtp_transactions.labels(result=result)
         for kind in HIT_KINDS:
             self.tracking_hits.labels(kind=kind)
+        for result in FEEDBACK_RESULTS:
+            self.feedback_reports.labels(result=result)
 
     def collect(self) -> Iterator[Metric]:
         """This object is itself a collector, so a scrape can add it to a registry of its own.

@@ -141,6 +141,13 @@ class Spool:
         row = await self._store.fetchone("SELECT data FROM messages WHERE id = ?", (message_id,))
         return bytes(row[0]) if row and row[0] is not None else None
 
+    async def by_header_message_id(self, header_id: str) -> str | None:
+        """The message (the latest, if several) whose Message-ID: header was this."""
+        row = await self._store.fetchone(
+            "SELECT id FROM messages WHERE json_extract(mail, '$.common_headers.messageId') = ? "
+            "ORDER BY accepted_at DESC LIMIT 1", (header_id,))
+        return str(row[0]) if row else None
+
     async def mail(self, message_id: str) -> tuple[str | None, MailInfo] | None:
         """The configuration set and mail object of a message (for tracking events)."""
         row = await self._store.fetchone(

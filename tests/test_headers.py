@@ -22,3 +22,16 @@ def test_fields_unfold_skip_junk_and_keep_spans() -> None:
     assert [(f.name, f.value) for f in fields] == [("Subject", "hi  there"), ("Name", "v"), ("X-Bad", "\ufffd")]
     assert block[fields[0].start:fields[0].end] == b"Subject: hi\r\n  there\r\n"
     assert block[fields[1].start:fields[1].end] == b"Name : v\r\n"
+
+
+def test_add_header_after_the_trace_fields_in_the_message_line_ending() -> None:
+    from relay.headers import add_header
+
+    crlf = b"Received: from x\r\n\tby y\r\nReturn-Path: <a@b>\r\nFrom: a@b\r\nSubject: s\r\n\r\nbody\r\n"
+    assert add_header(crlf, "Feedback-ID", "a:relay:h") == (
+        b"Received: from x\r\n\tby y\r\nReturn-Path: <a@b>\r\nFeedback-ID: a:relay:h\r\nFrom: a@b\r\nSubject: s\r\n\r\nbody\r\n")
+    lf = crlf.replace(b"\r\n", b"\n")
+    assert add_header(lf, "X", "v") == b"Received: from x\n\tby y\nReturn-Path: <a@b>\nX: v\nFrom: a@b\nSubject: s\n\nbody\n"
+    assert add_header(b"From: a\r\n\r\nb", "X", "v") == b"X: v\r\nFrom: a\r\n\r\nb"
+    kept = b"From: a\r\nfeedback-id: mine\r\n\r\nb"
+    assert add_header(kept, "Feedback-ID", "relay's", unless_present=True) == kept

@@ -175,6 +175,26 @@ def bounce_event(info: MailInfo, *, recipients: Sequence[BouncedRecipient], boun
     })
 
 
+def complaint_event(info: MailInfo, *, recipients: Sequence[str], timestamp: datetime, feedback_id: str,
+                    feedback_type: str | None, user_agent: str | None, arrival_date: datetime | None,
+                    sub_type: str | None = None) -> Record:
+    """SES §3.5: userAgent, complaintFeedbackType and arrivalDate only when the complaint
+    came as a feedback report (RFC 5965), as SES does."""
+    child: Record = {
+        "complainedRecipients": [{"emailAddress": r} for r in recipients],
+        "timestamp": iso(timestamp),
+        "feedbackId": feedback_id,
+        "complaintSubType": sub_type,
+    }
+    if user_agent is not None:
+        child["userAgent"] = user_agent
+    if feedback_type is not None:
+        child["complaintFeedbackType"] = feedback_type
+    if arrival_date is not None:
+        child["arrivalDate"] = iso(arrival_date)
+    return _event("Complaint", info, "complaint", child)
+
+
 def delivery_delay_event(info: MailInfo, *, recipients: Sequence[DelayedRecipient], delay_type: str,
                          expiration_time: datetime, timestamp: datetime, reporting_mta: str) -> Record:
     return _event("DeliveryDelay", info, "deliveryDelay", {

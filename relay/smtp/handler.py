@@ -79,7 +79,7 @@ class IntakeHandler:
         # Hold the message's memory from now on: its declared SIZE (RFC 1870), else a first
         # slice that grows as DATA arrives. What does not fit waits (451) instead of
         # swelling the process (smtp.max_concurrent_data_bytes).
-        if isinstance(server, RelaySMTP) and not server.reserve_data(_declared_size(mail_options)):
+        if isinstance(server, RelaySMTP) and not server.reserve_data(declared_size(mail_options)):
             return self._refused(peer, address, NO_STORAGE)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -171,7 +171,7 @@ def _peer_ip(session: Session) -> str:
     return peer_ip(peer)
 
 
-def _declared_size(mail_options: list[str]) -> int:
+def declared_size(mail_options: list[str]) -> int:
     """The SIZE= of MAIL (aiosmtpd checked it is digits and within the limit), at least a slice."""
     for option in mail_options:
         name, _, value = option.partition("=")

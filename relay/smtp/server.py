@@ -21,6 +21,7 @@ from relay.smtp.auth import Authenticator, FailureBudget
 from relay.smtp.session import RelaySMTP, Shared, admit, peer_ip
 
 if TYPE_CHECKING:
+    from relay.feedback.listener import FeedbackHandler
     from relay.smtp.handler import IntakeHandler
 
 log = logging.getLogger("relay.smtp")
@@ -76,8 +77,9 @@ def connection_cap(config: Config) -> int:
 class SmtpServer:
     """The listening socket and the sessions on it, for graceful shutdown."""
 
-    def __init__(self, config: Config, handler: IntakeHandler) -> None:
+    def __init__(self, config: Config, handler: IntakeHandler | FeedbackHandler, *, name: str = "SMTP") -> None:
         self._config = config
+        self._name = name  # for the log: "SMTP", or "feedback" for the inbound listener
         self._handler = handler
         self._server: asyncio.base_events.Server | None = None
         self._protocols: weakref.WeakSet[SMTP] = weakref.WeakSet()  # closed sessions drop out
@@ -121,8 +123,8 @@ class SmtpServer:
             auth_failures=FailureBudget(smtp.auth_failure_budget, smtp.auth_failure_window),
             throttle=LogThrottle(),
         )
-        log.info("SMTP: at most %d connections, %d per client; %d DATA bytes in memory at once",
-                 total, smtp.max_connections_per_client, smtp.max_concurrent_data_bytes)
+        log.info("%s: at most %d connections, %d per client; %d DATA bytes in memory at once",
+                 self._name, total, smtp.max_connections_per_client, smtp.max_concurrent_data_bytes)
         where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": smtp.listen.host,
                                                                           "port": smtp.listen.port}
         self._server = await asyncio.get_running_loop().create_server(lambda: _Gate(self), **where)

@@ -28,6 +28,8 @@ CREATE TABLE IF NOT EXISTS messages (
     mail TEXT NOT NULL,             -- JSON of the events' MailInfo
     tracked INTEGER NOT NULL DEFAULT 0
 );
+-- A feedback report without relay's VERP token names the original by its Message-ID:.
+CREATE INDEX IF NOT EXISTS messages_header_id ON messages(json_extract(mail, '$.common_headers.messageId'));
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL REFERENCES messages(id),
     recipient TEXT NOT NULL,
