@@ -11,6 +11,7 @@ import logging
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import quote
 
 from relay import dsn as dsn_mod
 from relay import suppression, unsubscribe
@@ -33,6 +34,7 @@ from relay.upstream import Upstream
 log = logging.getLogger("relay.delivery")
 # Bounce subtypes of relay's own refusals: not a new bounce from the recipient's side.
 REFUSALS = frozenset({"OnAccountSuppressionList", "UnsubscribedRecipient"})
+_URL_SAFE = "-._~:/?#[]@!$&'()*+,;=%"  # RFC 3986 reserved and unreserved, kept as they are
 
 
 class Schedule:
@@ -283,7 +285,8 @@ class Deliverer:
         token = self._signer.sign_unsubscribe(UnsubscribeClaim(
             message_id=job.message_id, recipient_index=job.mail.destination.index(rcpt), sent_at=job.accepted_at,
             contact_list=lists.contact_list, topic=lists.topic))
-        return unsubscribe.apply(data, f"{base_url}/u/{token}")
+        # ASCII whatever base_url holds: a header field value is ASCII (RFC 5322 §2.2).
+        return unsubscribe.apply(data, quote(f"{base_url}/u/{token}", safe=_URL_SAFE))
 
     def _feedback_id(self, job: Job, data: bytes) -> bytes:
         """The Feedback-ID: header providers group their reports by."""
