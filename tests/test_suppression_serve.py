@@ -37,6 +37,11 @@ list_unsubscribe = true
 name = "db"
 type = "sqlite"
 matching_event_types = {TYPES}
+[configuration_sets.tracked]
+[[configuration_sets.tracked.event_destinations]]
+name = "db"
+type = "sqlite"
+matching_event_types = ["send", "delivery", "open", "click", "subscription"]
 """
 GONE = "gone@example.org"  # the upstream answers 550 5.1.1 for it
 SUPPRESSED_REPLY = re.compile(r"smtp; 550 5\.1\.1 <([^>]+)>: on the account suppression list \(BOUNCE since "
@@ -271,3 +276,29 @@ async def test_bad_list_management_options_are_refused(relay: RelayProcess) -> N
         await submit(relay.smtp_port, message("news", "bad", extra="X-SES-LIST-MANAGEMENT-OPTIONS: news; weekly\r\n"))
     assert e.value.code == 554 and "Invalid X-SES-LIST-MANAGEMENT-OPTIONS" in e.value.message
     assert relay.query("SELECT COUNT(*) FROM messages") == [(0,)]
+
+
+async def test_a_tracked_message_keeps_its_unsubscribe_link_untracked(relay: RelayProcess, upstream: Upstream) -> None:
+    html = ('<p><a href="https://example.com/shop">Shop</a> '
+            '<a href="{{amazonSESUnsubscribeUrl}}">Unsubscribe</a></p>')
+    body = ("--B\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+            f"{html.replace('=', '=3D')}\r\n--B--\r\n")
+    extra = ("X-SES-LIST-MANAGEMENT-OPTIONS: news\r\nMIME-Version: 1.0\r\n"
+             "Content-Type: multipart/alternative; boundary=B\r\n")
+    mid = (await submit(relay.smtp_port, message("tracked", "t1", extra=extra, body=body),
+                        rcpts=["dee@example.org"])).split()[-1]
+    assert await finished(relay, mid) == {"dee@example.org": "delivered"}
+    copy = copy_of(upstream, "t1", "dee@example.org")
+    url = copy["List-Unsubscribe"].strip("<>")
+    [part] = copy.iter_parts()
+    content = part.get_content()
+    assert f'<a href="{url}">Unsubscribe</a>' in content  # the same link, not a click redirect
+    assert f"127.0.0.1:{relay.http_port}/c/" in content and "/o/" in content  # the rest is tracked
+    # RFC 8058 §3.2 allows the one-click body as multipart/form-data too.
+    async with aiohttp.ClientSession() as http:
+        form = aiohttp.FormData({"List-Unsubscribe": "One-Click"}, default_to_multipart=True)
+        async with http.post(url, data=form) as r:
+            assert r.status == 200
+    [event] = events(relay, "Subscription")
+    assert event["subscription"]["source"] == "UnsubscribeHeader"
+    assert event["subscription"]["newTopicPreferences"]["unsubscribeAll"] is True
