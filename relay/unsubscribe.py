@@ -26,6 +26,7 @@ PLACEHOLDER = "{{amazonSESUnsubscribeUrl}}"
 # SES ContactListName / TopicName: letters, digits, '_' and '-' (relay's reading of SES's rule).
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ADDED = (b"list-unsubscribe", b"list-unsubscribe-post")
+_ENCODED = re.compile(rb"(?i)base64|quoted-printable")  # where a placeholder may hide
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,7 @@ def replace_placeholder(data: bytes, url: str) -> bytes:
     (SES replaces at most two; relay replaces all, since one left over is a dead link.)
     Parts relay cannot decode faithfully, attachments and signed or encrypted content
     are left as they are; so is the whole message when its MIME structure is broken."""
-    lowered = data.lower()
-    if not any(word in lowered for word in (b"amazonsesunsubscribeurl", b"base64", b"quoted-printable")):
+    if PLACEHOLDER.encode() not in data and not _ENCODED.search(data):
         return data  # no placeholder, not even an encoded one
     try:
         leaves = walk(data)
