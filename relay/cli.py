@@ -1,7 +1,7 @@
 # The command line: wiring only. `relay serve` runs the relay; `relay stats`, `events`,
 # `messages`, `message` read the storage file (also while `relay serve` runs on it:
 # WAL lets readers and the writer work at once); `prune`, `webhook dead-letters|replay`,
-# `check-config`, `--version`.
+# `check-config`, `suppression list|add|remove|import|export`, `--version`.
 # Tables come from relay.report, queries from relay.stats.
 from __future__ import annotations
 
@@ -397,6 +397,124 @@ def replay_command(config_path: str | None, destination: str | None) -> None:
 
     n = _query(cfg, lambda store: webhooks.replay(store, name, now=time.time()), write=True)
     click.echo(f"{n} dead letter(s) re-queued" + (f" for {name}" if name else ""))
+
+
+@main.group("suppression", cls=_Group, short_help="The account suppression list: list, add, remove, import, export.")
+def suppression_group() -> None:
+    """The account-level suppression list (SES's): mail to a listed address is not sent
+    (a Bounce, OnAccountSuppressionList) when its reason is in the set's suppressed reasons."""
+
+
+def _address(value: str) -> str:
+    from relay import suppression
+
+    address = suppression.normalize(value)
+    if not suppression.valid_address(address):
+        _fail(f"ADDRESS: expected an email address like user@example.com, got {value!r}")
+    return address
+
+
+@suppression_group.command("list", short_help="The suppressed addresses.")
+@config_option
+@json_option
+def suppression_list_command(config_path: str | None, as_json: bool) -> None:
+    """The suppressed addresses by address, with reason, time and the message that caused it."""
+    from relay.store import suppression as store_mod
+
+    cfg = _load(config_path)
+    rows = _query(cfg, lambda store: store_mod.entries(store))
+    if as_json:
+        _print_json([e.as_json() for e in rows])
+        return
+    if not rows:
+        click.echo("no suppressed addresses")
+        return
+    table = [e.as_json() for e in rows]
+    width = max(len(str(r["emailAddress"])) for r in table)
+    click.echo(f"{'ADDRESS':<{width}}  REASON     SINCE                 MESSAGE")
+    for r in table:
+        click.echo(f"{r['emailAddress']:<{width}}  {r['reason']:<9}  {r['lastUpdateTime']:<20}  {r['messageId'] or '-'}")
+
+
+@suppression_group.command("add", short_help="Add an address (or update its reason).")
+@config_option
+@click.argument("address")
+@click.option("--reason", required=True, type=click.Choice(["BOUNCE", "COMPLAINT"], case_sensitive=False))
+def suppression_add_command(config_path: str | None, address: str, reason: str) -> None:
+    """Put ADDRESS on the list (SES PutSuppressedDestination); a listed one gets the new reason."""
+    from relay.store import suppression as store_mod
+
+    cfg = _load(config_path)
+    addr = _address(address)
+    stmts = store_mod.suppress_statements(addr, reason.upper(), None, time.time())
+    _query(cfg, lambda store: store.write(stmts), write=True)
+    click.echo(f"{addr}: suppressed ({reason.upper()})")
+
+
+@suppression_group.command("remove", short_help="Take an address off the list.")
+@config_option
+@click.argument("address")
+def suppression_remove_command(config_path: str | None, address: str) -> None:
+    """Take ADDRESS off the list (SES DeleteSuppressedDestination); exit 1 if it was not on it."""
+    from relay.store import suppression as store_mod
+
+    cfg = _load(config_path)
+    addr = _address(address)
+
+    async def remove(store: Store) -> bool:
+        found = await store_mod.is_suppressed(store, addr)
+        if found is not None:
+            await store.write(store_mod.remove_statements(addr))
+        return found is not None
+
+    if not _query(cfg, remove, write=True):
+        _fail(f"{addr} is not on the suppression list", 1)
+    click.echo(f"{addr}: removed from the suppression list")
+
+
+@suppression_group.command("import", short_help="Add the addresses of a CSV file.")
+@config_option
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+def suppression_import_command(config_path: str | None, file: Any) -> None:
+    """Add every address of FILE (CSV as SES's bulk import: a header emailAddress,reason,
+    then one address a line; reason BOUNCE or COMPLAINT). A file with a bad line is not
+    imported at all: every bad line is named (exit 2)."""
+    from relay import suppression
+    from relay.store import suppression as store_mod
+
+    cfg = _load(config_path)
+    try:
+        rows = suppression.parse_csv(file.read())
+    except UnicodeDecodeError:
+        _fail(f"{file.name}: not UTF-8 text; nothing imported")
+    except suppression.CsvError as e:
+        for n, why in e.problems:
+            click.echo(f"relay: {file.name}:{n}: {why}", err=True)
+        _fail(f"{file.name}: {len(e.problems)} bad line(s); nothing imported")
+    stmts = store_mod.import_statements(rows, time.time())
+    _query(cfg, lambda store: store.write(stmts), write=True)
+    click.echo(f"{len(rows)} address(es) imported from {file.name}")
+
+
+@suppression_group.command("export", short_help="The list as CSV (what import reads).")
+@config_option
+@click.argument("file", required=False, type=click.Path(dir_okay=False, writable=True))
+def suppression_export_command(config_path: str | None, file: str | None) -> None:
+    """The list as CSV (emailAddress,reason) to FILE, or to standard output."""
+    from relay import suppression
+    from relay.store import suppression as store_mod
+
+    cfg = _load(config_path)
+    text = suppression.render_csv(_query(cfg, lambda store: store_mod.entries(store)))
+    if file is None:
+        _write_lines(text.splitlines())
+        return
+    try:
+        with open(file, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        _fail(f"cannot write {file}: {e.strerror or e}", 1)
+    click.echo(f"{text.count(chr(10)) - 1} address(es) exported to {file}", err=True)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ import logging
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import quote
 
 from relay import dsn as dsn_mod
+from relay import suppression, unsubscribe
 from relay.config import Config
 from relay.events import records
 from relay.events.bus import EventBus
@@ -24,11 +26,16 @@ from relay.outcomes import Reply, judge
 from relay.retry import RetryPolicy
 from relay.return_path import ReturnPathClaim, ReturnPaths
 from relay.spool import Job, Spool, put_statements, result_statements
+from relay.store import Statement
+from relay.store import suppression as suppression_store
 from relay.store.counting import NOTICE_TAG
-from relay.tokens import Signer
+from relay.tokens import Signer, UnsubscribeClaim
 from relay.upstream import Upstream
 
 log = logging.getLogger("relay.delivery")
+# Bounce subtypes of relay's own refusals: not a new bounce from the recipient's side.
+REFUSALS = frozenset({"OnAccountSuppressionList", "UnsubscribedRecipient"})
+_URL_SAFE = "-._~:/?#[]@!$&'()*+,;=%"  # RFC 3986 reserved and unreserved, kept as they are
 
 
 class Schedule:
@@ -226,12 +233,38 @@ class Deliverer:
 
     async def _refused(self, job: Job, recipients: list[str]) -> dict[str, Reply]:
         """Recipients relay will not send to (suppression list, unsubscribed): their outcome."""
-        return {}
+        if not recipients or NOTICE_TAG in job.mail.tags:
+            return {}  # relay's own DSNs go to the sender whatever the list says
+        store = self._spool.store
+        out: dict[str, Reply] = {}
+        reasons = self._config.suppressed_reasons(job.configuration_set)
+        if reasons:  # SES SuppressionOptions: a set may suppress fewer reasons, or none
+            found = await suppression_store.suppressed(store, recipients)
+            for rcpt in recipients:
+                entry = found.get(suppression.normalize(rcpt))
+                if entry is not None and suppression.applies(entry, reasons):
+                    out[rcpt] = suppression.suppressed_reply(rcpt, entry)
+        lists = self._list_options(job)
+        if lists is not None:
+            rest = [r for r in recipients if r not in out]
+            gone = await suppression_store.unsubscribed(store, lists.contact_list, lists.topic, rest)
+            for rcpt in rest:
+                if suppression.normalize(rcpt) in gone:
+                    out[rcpt] = suppression.unsubscribed_reply(rcpt, lists.describe())
+        return out
 
     def _per_recipient(self, job: Job) -> bool:
         """Whether an untracked message still needs one copy per recipient (a VERP return
         path or an unsubscribe link is per recipient)."""
-        return self._verp_domain(job) is not None
+        return self._verp_domain(job) is not None or self._list_options(job) is not None
+
+    def _list_options(self, job: Job) -> unsubscribe.ListManagement | None:
+        """The message's X-SES-LIST-MANAGEMENT-OPTIONS, else its set's list_unsubscribe
+        (then the contact list is the set's name, no topic)."""
+        if job.list_management is not None:
+            return job.list_management
+        cset = self._config.configuration_sets.get(job.configuration_set or "")
+        return unsubscribe.ListManagement(cset.name) if cset is not None and cset.list_unsubscribe else None
 
     def _copy(self, job: Job, rcpt: str | None, data: bytes, *, changed: bool) -> tuple[str, bytes]:
         """The envelope sender and the final bytes of one copy (rcpt None: the one copy for
@@ -259,7 +292,16 @@ class Deliverer:
 
     def _list_management(self, job: Job, rcpt: str | None, data: bytes) -> bytes:
         """List-Unsubscribe headers and the {{amazonSESUnsubscribeUrl}} placeholder."""
-        return data
+        lists = self._list_options(job)
+        if lists is None or rcpt is None or rcpt not in job.mail.destination:
+            return data
+        cset = self._config.configuration_sets.get(job.configuration_set or "")
+        base_url = (cset.tracking_base_url if cset is not None else None) or self._config.tracking.base_url
+        token = self._signer.sign_unsubscribe(UnsubscribeClaim(
+            message_id=job.message_id, recipient_index=job.mail.destination.index(rcpt), sent_at=job.accepted_at,
+            contact_list=lists.contact_list, topic=lists.topic))
+        # ASCII whatever base_url holds: a header field value is ASCII (RFC 5322 §2.2).
+        return unsubscribe.apply(data, quote(f"{base_url}/u/{token}", safe=_URL_SAFE))
 
     def _feedback_id(self, job: Job, data: bytes) -> bytes:
         """The Feedback-ID: header providers group their reports by (Gmail's format,
@@ -293,6 +335,7 @@ class Deliverer:
         events: list[tuple[dict[str, Any], str | None]] = [*job.pending_events, *v.events]
         for record, about in events:
             stmts += self._bus.statements(job.configuration_set, record, about)
+        stmts += self._suppress(job, v.events, now)
         notice = self._dsn_job(job, v.failed, now) if v.failed else None
         if notice is not None:
             stmts += put_statements(notice)  # the DSN is spooled in the same commit
@@ -312,6 +355,18 @@ class Deliverer:
         if not finished:
             job.due = min(at for _, _, at, _ in v.deferred) if v.deferred else now
             self._schedule.add(job)
+
+    def _suppress(self, job: Job, events: list[tuple[dict[str, Any], str]], now: float) -> list[Statement]:
+        """SES adds a hard-bounced address to the account suppression list: each Permanent
+        bounce of this attempt (the upstream's 5xx too), not relay's own refusals."""
+        if "bounce" not in self._config.suppressed_reasons(job.configuration_set):
+            return []
+        stmts: list[Statement] = []
+        for record, rcpt in events:
+            bounce = record.get("bounce") or {}
+            if bounce.get("bounceType") == "Permanent" and bounce.get("bounceSubType") not in REFUSALS:
+                stmts += suppression_store.suppress_statements(rcpt, "BOUNCE", job.message_id, now)
+        return stmts
 
     def _dsn_job(self, job: Job, failed: list[dsn_mod.FailedRecipient], now: float) -> Job | None:
         """An RFC 3464 bounce to the envelope sender; never to the null sender (RFC 5321 §4.5.5)."""

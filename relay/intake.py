@@ -14,7 +14,8 @@ from typing import cast
 
 from relay.config import Config, ConfigurationSet
 from relay.errors import Rejected
-from relay.headers import header_fields, split_header_block
+from relay.headers import HeaderField, header_fields, split_header_block
+from relay.unsubscribe import ListManagement, parse_options
 
 # SES control headers that never reach the recipient (SES removes them before sending).
 SES_CONTROL_HEADERS = (
@@ -34,6 +35,7 @@ class Accepted:
     tags: dict[str, list[str]]
     header_block: bytes  # as submitted, for the events' mail.headers
     data: bytes  # what goes upstream: control headers removed, Received: prepended
+    list_management: ListManagement | None = None  # X-SES-LIST-MANAGEMENT-OPTIONS
 
 
 def new_message_id(now: float | None = None) -> str:
@@ -105,6 +107,8 @@ def accept(data: bytes | bytearray, *, config: Config, helo: str | None, peer_ip
             for k, v in parse_tags(f.value).items():
                 tags.setdefault(k, []).extend(v)
 
+    lists = _list_management(fields)
+
     strip = set(SES_CONTROL_HEADERS) | {cs_name, tags_name}
     kept = bytearray()
     pos = 0
@@ -121,4 +125,17 @@ def accept(data: bytes | bytearray, *, config: Config, helo: str | None, peer_ip
         trace = trace.replace(b"\r\n", b"\n")  # keep the message's own line endings
     out = b"".join((trace, kept, memoryview(data)[len(block):]))  # no slice copy of the body
     return Accepted(message_id=mid, configuration_set=cset, tags=tags,
-                    header_block=block, data=out)
+                    header_block=block, data=out, list_management=lists)
+
+
+def _list_management(fields: list[HeaderField]) -> ListManagement | None:
+    """SES ListManagementOptions from X-SES-LIST-MANAGEMENT-OPTIONS; raises Rejected."""
+    values = [f.value for f in fields if f.name.lower() == "x-ses-list-management-options"]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Rejected("554 Transaction failed: Duplicate header 'X-SES-LIST-MANAGEMENT-OPTIONS'.")
+    try:
+        return parse_options(values[0])
+    except ValueError as e:
+        raise Rejected(f"554 Transaction failed: Invalid X-SES-LIST-MANAGEMENT-OPTIONS: {e}.") from None

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from relay.events.records import MailInfo
 from relay.store import Statement, Store
+from relay.unsubscribe import ListManagement
 
 
 @dataclass(kw_only=True)
@@ -31,6 +32,7 @@ class Job:
     # the next try instead of sending those copies again.
     replies: dict[str, Any] | None = None
     pending_events: list[tuple[dict[str, Any], str | None]] = field(default_factory=list)
+    list_management: ListManagement | None = None  # X-SES-LIST-MANAGEMENT-OPTIONS as accepted
 
 
 def mail_to_json(info: MailInfo) -> str:
@@ -55,10 +57,11 @@ def mail_from_json(text: str) -> MailInfo:
 def put_statements(job: Job) -> list[Statement]:
     assert job.data is not None
     stmts: list[Statement] = [(
-        "INSERT INTO messages(id, accepted_at, configuration_set, mail_from, data, mail, tracked) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages(id, accepted_at, configuration_set, mail_from, data, mail, tracked, list_management) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (job.message_id, job.accepted_at, job.configuration_set, job.mail_from, job.data,
-         mail_to_json(job.mail), int(job.tracked)),
+         mail_to_json(job.mail), int(job.tracked),
+         job.list_management.to_json() if job.list_management is not None else None),
     )]
     for rcpt in job.attempts:
         stmts.append(("INSERT INTO recipients(message_id, recipient, next_attempt_at) VALUES (?, ?, ?)",
@@ -90,6 +93,11 @@ class Spool:
     def __init__(self, store: Store) -> None:
         self._store = store
 
+    @property
+    def store(self) -> Store:
+        """The file, for the read-only lookups of delivery (suppression list, contacts)."""
+        return self._store
+
     async def put(self, job: Job, extra: Sequence[Statement] = ()) -> None:
         """Durably queue a new message; returns after the commit."""
         await self._store.write(put_statements(job) + list(extra))
@@ -102,17 +110,18 @@ class Spool:
         restart (data not loaded)."""
         before = " AND m.accepted_at < ?" if accepted_before is not None else ""
         rows = await self._store.fetchall(
-            "SELECT m.id, m.accepted_at, m.configuration_set, m.mail_from, m.mail, m.tracked, "
+            "SELECT m.id, m.accepted_at, m.configuration_set, m.mail_from, m.mail, m.tracked, m.list_management, "
             "r.recipient, r.attempts, r.next_attempt_at FROM recipients r JOIN messages m "
             f"ON m.id = r.message_id WHERE r.state = 'pending'{before} ORDER BY m.id",
             (accepted_before,) if accepted_before is not None else ())
         jobs: dict[str, Job] = {}
-        for mid, at, cset, sender, mail, tracked, rcpt, attempts, next_at in rows:
+        for mid, at, cset, sender, mail, tracked, lists, rcpt, attempts, next_at in rows:
             job = jobs.get(mid)
             if job is None:
                 job = jobs[mid] = Job(message_id=mid, accepted_at=at, configuration_set=cset,
                                       mail_from=sender, mail=mail_from_json(mail),
-                                      tracked=bool(tracked), attempts={}, due=next_at)
+                                      tracked=bool(tracked), attempts={}, due=next_at,
+                                      list_management=ListManagement.from_json(lists))
             job.attempts[rcpt] = attempts
             job.due = min(job.due, next_at)
         return list(jobs.values())

@@ -1,4 +1,5 @@
-# Signed, self-contained tracking tokens for the /o/ (open) and /c/ (click) URLs.
+# Signed, self-contained tracking tokens for the /o/ (open), /c/ (click) and /u/
+# (unsubscribe) URLs.
 # A token carries its whole claim, so the redirect still works after stored data is
 # pruned (relay keeps links alive past SES's 60-day window); HMAC-SHA256 with a
 # namespace per kind, several secrets for key rotation. No personal data inside.
@@ -18,7 +19,7 @@ from relay import legacy_tokens
 from relay.legacy_tokens import LegacyClickClaim, LegacyOpenClaim
 
 __all__ = ["MAX_LINK_PATH", "ClickClaim", "LegacyClickClaim", "LegacyOpenClaim", "OpenClaim", "Signer",
-           "click_link_fits", "decode_url", "encode_url"]
+           "UnsubscribeClaim", "click_link_fits", "decode_url", "encode_url"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,15 @@ class ClickClaim:
     link_tags: dict[str, list[str]]  # SES linkTags shape; {} when none
 
 
+@dataclass(frozen=True)
+class UnsubscribeClaim:
+    message_id: str
+    recipient_index: int  # as in OpenClaim: the address is never in the link
+    sent_at: float
+    contact_list: str  # SES ListManagementOptions (not personal data)
+    topic: str | None
+
+
 # Links (v2):  {base}/o/{token}    and    {base}/c/{token}/{encode_url(url)}
 # token = base64url(no padding) of  body | MAC[:16], body a compact binary claim:
 #   flags        1 byte: 0x80 (v2; v1 bodies start with 0x01/0x02) | the bits below
@@ -53,6 +63,9 @@ _MAC_LEN = 16  # 128-bit truncated MAC: forging still needs 2**128 guesses
 _V2, _PACKED_ID, _EXPLICIT_SENT, _TAGS = 0x80, 0x01, 0x02, 0x04
 _OPEN_NS = b"relay.token.v2/open\x00"
 _CLICK_NS = b"relay.token.v2/click\x00"
+# The unsubscribe claim is the open claim's body with the list (and topic) in the tags
+# field: {"l": [contact list]} or {"l": [contact list], "t": [topic]}.
+_UNSUBSCRIBE_NS = b"relay.token.v2/unsubscribe\x00"
 _MAX_INDEX = (1 << 21) - 1  # three varint bytes; SMTP messages have far fewer recipients
 _MAX_SENT_MS = (1 << 48) - 1
 # Verification bounds the work done on attacker input.
@@ -74,7 +87,7 @@ class Signer:
         self._keys = keys
         # Per kind, an HMAC per key with its namespace already absorbed: verifying copies
         # one (cheaper than keying a new HMAC for every hit).
-        self._macs = {ns: tuple(hmac.new(key, ns, hashlib.sha256) for key in keys) for ns in (_OPEN_NS, _CLICK_NS)}
+        self._macs = {ns: tuple(hmac.new(key, ns, hashlib.sha256) for key in keys) for ns in (_OPEN_NS, _CLICK_NS, _UNSUBSCRIBE_NS)}
 
     def sign_open(self, claim: OpenClaim) -> str:
         """The token of an open link: {base}/o/{token}."""
@@ -86,6 +99,25 @@ class Signer:
         body = _claim_bytes(claim.message_id, claim.recipient_index, claim.sent_at, claim.link_tags)
         url = claim.url.encode("utf-8", "surrogatepass")
         return f"{_b64(body + _mac(self._keys[0], _CLICK_NS, body + url))}/{encode_url(claim.url)}"
+
+    def sign_unsubscribe(self, claim: UnsubscribeClaim) -> str:
+        """The token of an unsubscribe link: {base}/u/{token}."""
+        tags = {"l": [claim.contact_list], **({"t": [claim.topic]} if claim.topic is not None else {})}
+        body = _claim_bytes(claim.message_id, claim.recipient_index, claim.sent_at, tags)
+        return _b64(body + _mac(self._keys[0], _UNSUBSCRIBE_NS, body))
+
+    def verify_unsubscribe(self, token: object) -> UnsubscribeClaim | None:
+        blob = _unb64(token)
+        if blob is None or blob[0] < _V2:
+            return None
+        fields = self._verify(_UNSUBSCRIBE_NS, blob, b"")
+        if fields is None:
+            return None
+        tags = fields[3]
+        lists, topics = tags.get("l", []), tags.get("t", [])
+        if set(tags) - {"l", "t"} or len(lists) != 1 or len(topics) > 1:
+            return None
+        return UnsubscribeClaim(*fields[:3], lists[0], topics[0] if topics else None)
 
     def verify_open(self, token: object) -> OpenClaim | LegacyOpenClaim | None:
         """An /o/ token of either format (both have that URL shape)."""

@@ -357,3 +357,26 @@ def test_fast_and_general_claim_parsing_agree() -> None:
             assert signer.verify_open(signer.sign_open(claim)) == claim
             click = ClickClaim(mid, index, at, "https://example.com/a", {})
             assert signer.verify_click(signer.sign_click(click)) == click
+
+
+# --- unsubscribe tokens ---------------------------------------------------------------
+
+def test_unsubscribe_token_round_trip_and_namespace() -> None:
+    from relay.tokens import OpenClaim, Signer, UnsubscribeClaim
+
+    signer = Signer([b"k1"])
+    mid = "0000018f3b2a4c1d-5d2e7c41-9a0b-4c3d-8e1f-2a3b4c5d6e7f-000000"
+    claim = UnsubscribeClaim(message_id=mid, recipient_index=3, sent_at=int(mid[:16], 16) / 1000,
+                             contact_list="news", topic="weekly")
+    token = signer.sign_unsubscribe(claim)
+    assert signer.verify_unsubscribe(token) == claim
+    no_topic = UnsubscribeClaim(mid, 0, claim.sent_at, "news", None)
+    assert signer.verify_unsubscribe(signer.sign_unsubscribe(no_topic)) == no_topic
+    assert "news" not in token  # nothing readable in the link
+    # Another kind's token, another key, a changed character: nothing.
+    assert signer.verify_unsubscribe(signer.sign_open(OpenClaim(mid, 3, claim.sent_at))) is None
+    assert signer.verify_open(token) is None
+    assert Signer([b"k2"]).verify_unsubscribe(token) is None
+    flipped = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
+    assert signer.verify_unsubscribe(flipped) is None
+    assert Signer([b"k2", b"k1"]).verify_unsubscribe(token) == claim  # key rotation

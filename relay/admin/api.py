@@ -11,7 +11,7 @@ from aiohttp import web
 
 from relay import stats
 from relay.admin import params
-from relay.store import Store
+from relay.store import Store, suppression
 
 EVENTS_LIMIT = 1000
 
@@ -39,6 +39,7 @@ class Api:
         app.router.add_get("/api/events", self.events)
         app.router.add_get("/api/messages", self.messages)
         app.router.add_get("/api/messages/{id}", self.message)
+        app.router.add_get("/api/suppression", self.suppression_list)
 
     async def stats(self, request: web.Request) -> web.Response:
         try:
@@ -82,3 +83,14 @@ class Api:
         if doc is None:
             return error(404, f"no message {request.match_info['id']!r}")
         return json_response(doc)
+
+    async def suppression_list(self, request: web.Request) -> web.Response:
+        """The account suppression list by address, as `relay suppression list --json`."""
+        q = request.query
+        try:
+            params.known(q, {"q", "limit"})
+            limit = params.integer(q, "limit", 1000, minimum=1, maximum=10_000)
+        except params.ParamError as e:
+            return error(400, str(e))
+        found = await suppression.entries(self._store, limit=limit, search=q.get("q") or None)
+        return json_response({"suppressed": [e.as_json() for e in found], "total": await suppression.count(self._store)})

@@ -1,6 +1,7 @@
 # The dashboard's HTML pages, from jinja2 templates: the overview (per set and period,
 # charts, top links, searchable messages), a message's per-recipient timeline with a
-# live refresh, and the preview of the copy one recipient received.
+# live refresh, the preview of the copy one recipient received, and the account
+# suppression list.
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +19,7 @@ from relay.admin import params, preview, timeline
 from relay.admin.api import now_utc
 from relay.admin.preview import Copy
 from relay.config import Config
-from relay.store import Store
+from relay.store import Store, suppression
 from relay.tokens import Signer
 
 PERIODS = (("24h", "Last 24 hours"), ("7d", "Last 7 days"), ("30d", "Last 30 days"))
@@ -40,6 +41,7 @@ PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"
 _URL = re.compile(r"https?://[^\s<>\"']+")
 _MAX_SCAN = 100
 BIG_BODY = 64 * 1024
+SUPPRESSION_PAGE = 500  # addresses shown at once; a search narrows
 
 
 def environment() -> jinja2.Environment:
@@ -69,6 +71,7 @@ class Pages:
         app.router.add_get("/messages/{id}", self.message)
         app.router.add_get("/messages/{id}/timeline", self.timeline)
         app.router.add_get("/messages/{id}/preview/{index:\\d+}", self.preview)
+        app.router.add_get("/suppression", self.suppression_list)
 
     def render(self, name: str, *, status: int = 200, csp: str = PAGE_CSP, **context: Any) -> web.Response:
         context.setdefault("signed_in", self._auth_required)  # offers "Sign out"
@@ -131,6 +134,18 @@ class Pages:
     def _url(cset: str | None, since: str) -> str:
         query = {} if cset is None else {"configuration_set": cset}
         return "/?" + urlencode({**query, "since": since})
+
+    # --- the suppression list ------------------------------------------------------
+
+    async def suppression_list(self, request: web.Request) -> web.Response:
+        try:
+            params.known(request.query, {"q"})
+        except params.ParamError as e:
+            return self.error(400, str(e))
+        search = request.query.get("q", "").strip()
+        found = await suppression.entries(self._store, limit=SUPPRESSION_PAGE, search=search or None)
+        return self.render("suppression.html", entries=[e.as_json() for e in found], q=search,
+                           total=await suppression.count(self._store), limit=SUPPRESSION_PAGE)
 
     # --- one message ------------------------------------------------------------------
 

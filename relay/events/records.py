@@ -282,6 +282,34 @@ def click_event_json(mail: str, *, recipient: str, timestamp: str, ip_address: s
             f'"link":{_json_str(link)},"linkTags":{link_tags},"recipient":{_json_str(recipient)}}}}}')
 
 
+@dataclass(frozen=True, kw_only=True)
+class TopicPreferences:
+    """SES TopicPreferences of one contact: unsubscribed from the whole list, and per topic."""
+
+    unsubscribe_all: bool
+    topics: tuple[tuple[str, str], ...]  # (topicName, "OptIn" | "OptOut"), sorted by name
+
+    def as_record(self) -> Record:
+        return {"unsubscribeAll": self.unsubscribe_all,
+                "topicSubscriptionStatus": [{"topicName": name, "subscriptionStatus": status}
+                                            for name, status in self.topics]}
+
+
+def subscription_event(info: MailInfo, *, recipient: str, contact_list: str, timestamp: datetime, source: str,
+                       new: TopicPreferences, old: TopicPreferences) -> Record:
+    """SES §3.8. `source`: "UnsubscribeHeader" (a mailbox provider's one-click POST, RFC
+    8058) or "UnsubscribeLink" (the confirmation page's button). The recipient is added,
+    as in the open and click objects."""
+    return _event("Subscription", info, "subscription", {
+        "contactList": contact_list,
+        "timestamp": iso(timestamp),
+        "source": source,
+        "newTopicPreferences": new.as_record(),
+        "oldTopicPreferences": old.as_record(),
+        "recipient": recipient,
+    })
+
+
 def rendering_failure_event(info: MailInfo, *, error_message: str, recipient: str | None = None) -> Record:
     """SES's "failure" object also has templateName; relay has no templates, so it is left out."""
     child: Record = {"errorMessage": error_message}
@@ -376,7 +404,8 @@ def _clean(text: str) -> str:
 
 # Events about one recipient: with a destination's mail_destination = "recipient", their
 # mail.destination names that recipient only (the others are the message's, not the event's).
-PER_RECIPIENT_TYPES = frozenset({"Delivery", "Bounce", "DeliveryDelay", "Open", "Click", "Complaint"})
+PER_RECIPIENT_TYPES = frozenset({"Delivery", "Bounce", "DeliveryDelay", "Open", "Click", "Complaint",
+                                 "Subscription"})
 
 
 def for_recipient(record: Record, recipient: str | None) -> Record:

@@ -144,7 +144,8 @@ class IntakeHandler:
         job = Job(message_id=accepted.message_id, accepted_at=now,
                   configuration_set=cset.name if cset else None, mail_from=sender,
                   mail=mail, tracked=bool(cset and (cset.tracks_opens or cset.tracks_clicks)),
-                  attempts={r: 0 for r in dict.fromkeys(rcpts)}, due=now, data=accepted.data)
+                  attempts={r: 0 for r in dict.fromkeys(rcpts)}, due=now, data=accepted.data,
+                  list_management=accepted.list_management)
         try:
             # The Send event is committed with the message: a crash cannot lose one.
             await self._spool.put(job, self._bus.statements(job.configuration_set, records.send_event(mail),

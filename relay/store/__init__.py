@@ -128,6 +128,22 @@ CREATE TABLE IF NOT EXISTS engagement (
 CREATE TABLE IF NOT EXISTS link_engagement (
     message_id TEXT NOT NULL, recipient TEXT NOT NULL, link TEXT NOT NULL,
     PRIMARY KEY (message_id, recipient, link)) WITHOUT ROWID;
+-- The account suppression list (SES's): relay.store.suppression owns its SQL.
+CREATE TABLE IF NOT EXISTS suppressed_addresses (
+    address TEXT PRIMARY KEY,                -- lower-cased
+    reason TEXT NOT NULL,                    -- BOUNCE | COMPLAINT
+    last_update REAL NOT NULL,               -- unix seconds
+    message_id TEXT                          -- the message that caused it; NULL when added by hand
+) WITHOUT ROWID;
+-- SES list management: a contact per (contact list, address), its topics' statuses.
+CREATE TABLE IF NOT EXISTS contacts (
+    contact_list TEXT NOT NULL, address TEXT NOT NULL,     -- address lower-cased
+    unsubscribe_all INTEGER NOT NULL DEFAULT 0, last_update REAL NOT NULL,
+    PRIMARY KEY (contact_list, address)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS contact_topics (
+    contact_list TEXT NOT NULL, address TEXT NOT NULL, topic TEXT NOT NULL,
+    status TEXT NOT NULL,                    -- OptIn | OptOut
+    PRIMARY KEY (contact_list, address, topic)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS message_tags (
     message_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (name, value, message_id)) WITHOUT ROWID;
@@ -139,6 +155,8 @@ COLUMNS = (
     ("webhook_outbox", "message_id", "TEXT NOT NULL DEFAULT ''"),  # order is kept per message
     ("webhook_outbox", "refused_since", "REAL"),  # unix seconds of the first refusal, NULL if none
     ("webhook_outbox", "rejections", "INTEGER NOT NULL DEFAULT 0"),  # 4xx answers (other than 408, 429)
+    # X-SES-LIST-MANAGEMENT-OPTIONS as accepted: relay.unsubscribe.ListManagement's JSON, or NULL.
+    ("messages", "list_management", "TEXT"),
 )
 AFTER_COLUMNS = "CREATE INDEX IF NOT EXISTS webhook_message ON webhook_outbox(destination, message_id, seq);"
 

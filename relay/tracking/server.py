@@ -1,4 +1,5 @@
 # The tracking HTTP server: /o/{token} answers the pixel, /c/{token}/{url} redirects,
+# /u/{token} unsubscribes (RFC 8058 one-click POST; GET only shows a confirmation page),
 # /healthz says whether the process and its storage are usable. Answers come from the
 # signed token alone, at once; recording the Open/Click event happens after, off the
 # request path (recorder.py). The port faces the internet: connections.py guards it.
@@ -7,23 +8,29 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import logging
 import re
 import resource
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+import jinja2
 from aiohttp import web
 
+from relay import unsubscribe
 from relay.config import Config, in_networks
+from relay.events import records
 from relay.events.bus import EventBus
 from relay.limits import ConnectionLimits, connection_budget
 from relay.metrics import Metrics
 from relay.spool import Spool
 from relay.store import Store
-from relay.tokens import MAX_LINK_PATH, Signer
+from relay.store import suppression as contacts
+from relay.tokens import MAX_LINK_PATH, Signer, UnsubscribeClaim
 from relay.tracking.connections import Guard, GuardedHandler
 from relay.tracking.recorder import HitRecorder
 
@@ -42,6 +49,14 @@ PIXEL_HEADERS = {"Content-Type": "image/gif", **NO_CACHE}
 # aiohttp's 8190, as SES refuses more than 8 KB of headers.
 MAX_LINE_SIZE = MAX_LINK_PATH + 190
 MAX_FIELD_SIZE = 8190
+# The unsubscribe page: no script, no remote anything; its form posts back to itself.
+PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                                           "frame-ancestors 'none'; base-uri 'none'"}
+# Subscription event sources (SES §3.8): a mailbox provider's one-click POST carries the
+# body List-Unsubscribe=One-Click (RFC 8058 §3.2); the page's button posts confirm=page.
+ONE_CLICK_SOURCE, PAGE_SOURCE = "UnsubscribeHeader", "UnsubscribeLink"
+log = logging.getLogger("relay.tracking")
 
 
 def max_connections(config: Config, nofile: int | None = None) -> int:
@@ -64,6 +79,14 @@ class TrackingServer:
         self._opens, self._clicks, self._invalid = (hits.labels(kind=k) for k in ("open", "click", "invalid"))
         self._signer = signer
         self._store = store  # only its last_error is read: /healthz runs no query
+        self._spool = spool
+        self._bus = bus
+        self._clock = clock
+        # One unsubscribe at a time per process: the old preferences read and the change
+        # written are one step, so a repeated POST finds the change and emits nothing.
+        self._unsubscribing = asyncio.Lock()
+        self._pages = jinja2.Environment(loader=jinja2.PackageLoader("relay.tracking", "templates"),
+                                         autoescape=True, undefined=jinja2.StrictUndefined)
         self._proxies = config.tracking.trusted_proxies
         self.recorder = HitRecorder(spool=spool, bus=bus, window_seconds=config.tracking.window_days * 86400.0,
                                     clock=clock)
@@ -74,6 +97,8 @@ class TrackingServer:
         # add_get also answers HEAD (RFC 9110 section 9.3.2), which handlers do not record.
         self.app.router.add_get("/o/{token}", self.open)
         self.app.router.add_get("/c/{rest:.+}", self.click)
+        self.app.router.add_get("/u/{token}", self.unsubscribe_page)
+        self.app.router.add_post("/u/{token}", self.unsubscribe)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.on_shutdown.append(self._drain)
 
@@ -153,6 +178,62 @@ class TrackingServer:
             self.recorder.hit(claim, self.client_ip(request), request.headers.get("User-Agent", ""))
         # A plain Response is about twice as fast as raising HTTPFound.
         return web.Response(status=302, headers={"Location": _location(claim.url), **NO_CACHE})
+
+    async def _unsubscription(self, request: web.Request) -> tuple[UnsubscribeClaim, str | None,
+                                                                    records.MailInfo, str] | None:
+        """The token's claim, the message's set and mail, and the recipient; None: 404."""
+        claim = self._signer.verify_unsubscribe(request.match_info["token"])
+        found = await self._spool.mail(claim.message_id) if claim is not None else None
+        if claim is None or found is None or claim.recipient_index >= len(found[1].destination):
+            self._invalid.inc()  # forged, or a message pruned after [tracking] window_days
+            return None
+        cset, mail = found
+        return claim, cset, mail, mail.destination[claim.recipient_index]
+
+    def _page(self, claim: UnsubscribeClaim, *, done: bool, already: bool = False) -> web.Response:
+        where = unsubscribe.ListManagement(claim.contact_list, claim.topic).describe()
+        html = self._pages.get_template("unsubscribe.html").render(where=where, done=done, already=already)
+        return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
+
+    async def unsubscribe_page(self, request: web.Request) -> web.Response:
+        """GET (and HEAD): a confirmation page. Changes nothing: link scanners follow GETs."""
+        found = await self._unsubscription(request)
+        if found is None:
+            return web.Response(status=404, text="not found\n")
+        return self._page(found[0], done=False)
+
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        """POST: unsubscribe at once (RFC 8058 §3.2), one Subscription event per change."""
+        found = await self._unsubscription(request)
+        if found is None:
+            return web.Response(status=404, text="not found\n")
+        claim, cset, mail, rcpt = found
+        try:
+            form = await request.post()
+        except Exception:  # noqa: BLE001 - a body we cannot read still unsubscribes (one-click)
+            form = None
+        source = ONE_CLICK_SOURCE if form is not None and form.get("List-Unsubscribe") == "One-Click" else PAGE_SOURCE
+        store = self._spool.store
+        async with self._unsubscribing:
+            try:
+                old = unsubscribe.with_topic(await contacts.preferences(store, claim.contact_list, rcpt), claim.topic)
+                new = unsubscribe.opted_out(old, claim.topic)
+                if new == old:  # already unsubscribed: nothing changes, no event
+                    return self._page(claim, done=True, already=True)
+                now = self._clock()
+                event = records.subscription_event(
+                    mail, recipient=rcpt, contact_list=claim.contact_list,
+                    timestamp=datetime.fromtimestamp(now, UTC), source=source, new=new, old=old)
+                await store.write(contacts.opt_out_statements(claim.contact_list, rcpt, claim.topic, now)
+                                  + self._bus.statements(cset, event, rcpt))
+            except Exception:  # noqa: BLE001 - e.g. the disk is full: the sender may try again
+                log.exception("unsubscribe for %s not recorded", claim.message_id)
+                return web.Response(status=503, text="unavailable, try again later\n",
+                                    headers={"Retry-After": "60"})
+        self._bus.committed()
+        log.info("unsubscribed a recipient of %s from %s (%s)", claim.message_id, claim.contact_list, source,
+                 extra={"message_id": claim.message_id, "outcome": "unsubscribed", "source": source})
+        return self._page(claim, done=True)
 
     def client_ip(self, request: web.Request) -> str:
         """The peer, or X-Forwarded-For's nearest untrusted hop when the peer is a trusted proxy."""

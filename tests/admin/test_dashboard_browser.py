@@ -2,7 +2,8 @@
 # Playwright): the numbers, the chart's series, the message list, a message's
 # timeline and the preview of a recipient's copy; a click on a link inside the preview
 # shows up on the timeline without a reload. Also takes the README's screenshot
-# (docs/dashboard.png, with RELAY_SCREENSHOT=1).
+# (docs/dashboard.png, with RELAY_SCREENSHOT=1). The suppression list page shows the
+# address the upstream hard-bounced.
 from __future__ import annotations
 
 import os
@@ -42,6 +43,7 @@ async def test_dashboard_in_chromium(tmp_path: Path, chromium: str) -> None:
                 page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
                 await check_dashboard(page, t, tmp_path)
                 await check_message_page(page, t)
+                await check_suppression_page(page, t)
                 # The preview blocks remote images by default: the one the browser reports
                 # blocked is the pixel mailed to alice, the only console error allowed.
                 blocked = [m for m in problems if "violates the following Content Security Policy directive: "
@@ -147,3 +149,23 @@ async def check_message_page(page: Page, t: traffic.Traffic) -> None:
     await expect(clicks.last).to_contain_text("https://example.com/shop")
     assert await page.evaluate("() => window.notReloaded") is True
     await popup.close()
+
+
+async def check_suppression_page(page: Page, t: traffic.Traffic) -> None:
+    await page.get_by_role("link", name="Suppression list").click()
+    await expect(page.locator("#heading")).to_have_text("Suppression list")
+    rows = page.locator("#suppressed tbody tr")
+    # nobody@'s 550 5.1.1 was a Permanent bounce: SES (and relay) suppress the address.
+    await expect(rows).to_have_count(1)
+    row = page.locator('#suppressed tr[data-address="nobody@example.org"]')
+    await expect(row.locator(".reason")).to_have_text("BOUNCE")
+    await expect(page.locator("#total")).to_have_text("1")
+    await page.get_by_label("Search addresses").fill("alice")
+    await page.get_by_role("button", name="Search").click()
+    await expect(rows).to_have_text(["No suppressed addresses match “alice”."])
+    await page.get_by_label("Search addresses").fill("NOBODY")
+    await page.get_by_role("button", name="Search").click()
+    await expect(rows).to_have_count(1)
+    # The message that caused it, one click away (not followed: its preview would load
+    # alice's pixel again, which the console check above counts once).
+    assert await row.get_by_role("link").get_attribute("href") == f"/messages/{t.news_id}"
