@@ -249,3 +249,46 @@ def test_every_corpus_file_parses_the_same_with_crlf(path: Path) -> None:
     # What arrives over SMTP has CRLF line ends; the corpus is stored with LF.
     data = path.read_bytes()
     assert parse_report(data.replace(b"\n", b"\r\n")) == parse_report(data)
+
+
+def test_gmail_legacy_plain_text_bounce() -> None:
+    r = bounce("gmail-legacy-plain.eml")
+    assert not r.standard
+    assert r.recipients == (RecipientStatus(address="gone@example.co.jp", original_recipient=None, action="failed",
+                                            status="5.1.1", diagnostic_code=None, remote_mta=None),)
+
+
+def test_postfix_smtputf8_global_delivery_status() -> None:
+    # RFC 6533: message/global-delivery-status with utf-8 address types, message/global-headers.
+    r = bounce("postfix-smtputf8.eml")
+    assert r.standard
+    assert r.reporting_mta == "dns; correo.example.es"
+    assert [(x.address, x.original_recipient, x.status) for x in r.recipients] == [
+        ("jos\u00e9@example.es", "jos\u00e9@example.es", "5.1.1"),
+        ("zo\u00eb@example.es", None, "5.1.1"),
+    ]
+    assert r.recipients[1].diagnostic_code == \
+        "smtp; 550 5.1.1 <zo\u00eb@example.es>: Recipient address rejected: User unknown"
+    assert header(r.original_headers, "Message-ID") == "<invierno-0020@example.com>"
+    assert header(r.original_headers, "Subject") == "Ofertas de invierno \u2744"
+
+
+def test_a_persons_reply_that_looks_like_a_qmail_bounce_is_not_a_bounce() -> None:
+    # flufl.bounce's qmail detector reads "Hi. This is the ...\n\n<x@y>: ..." as a bounce; its
+    # heuristics only run on mail from a mailer (null Return-Path, MAILER-DAEMON, postmaster,
+    # X-Failed-Recipients, Auto-Submitted), so no address is suppressed over a person's reply.
+    data = (CORPUS / "human-reply-qmail-lookalike.eml").read_bytes()
+    assert parse_report(data) == Unrecognised(reason="neither a bounce, a complaint nor an auto-reply")
+    from_daemon = data.replace(b"From: Carla Example <carla@example.net>", b"From: MAILER-DAEMON@example.net")
+    r = parse_report(from_daemon)
+    assert isinstance(r, BounceReport) and not r.standard
+    assert [x.address for x in r.recipients] == ["dora@example.net", "emil@example.net"]
+
+
+def test_a_plain_text_delay_warning_is_delayed_not_failed() -> None:
+    # flufl.bounce tells temporary failures (warnings) from permanent ones: action "delayed".
+    r = bounce("gmail-legacy-delayed.eml")
+    assert not r.standard
+    assert r.recipients == (RecipientStatus(address="slow@example.co.jp", original_recipient=None,
+                                            action="delayed", status=None, diagnostic_code=None, remote_mta=None),)
+    assert classify_bounce(None, None) == ("Undetermined", "Undetermined")
