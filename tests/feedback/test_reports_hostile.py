@@ -190,3 +190,33 @@ def test_feedback_parsing_is_pure() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module.split(".")[0])
         assert not imported & forbidden, path.name
+
+
+# -- logging ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("level", "lines"), [("info", 0), ("debug", 1)])
+def test_flufl_bounce_detector_lines_only_at_debug(level: str, lines: int) -> None:
+    import io
+    import logging
+
+    from relay.logs import configure
+
+    # configure() sets up the process's root logger: everything it changes is put back.
+    root, flufl, smtp_log = logging.getLogger(), logging.getLogger("flufl.bounce"), logging.getLogger("mail.log")
+    saved = (list(root.handlers), root.level, flufl.level, smtp_log.level, logging.getLogger("aiosqlite").level,
+             list(smtp_log.filters))
+    stream = io.StringIO()
+    try:
+        configure(level=level, log_format="text", stream=stream)
+        assert isinstance(parse_report((CORPUS / "qmail.eml").read_bytes()), BounceReport)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        flufl.setLevel(saved[2])
+        smtp_log.setLevel(saved[3])
+        logging.getLogger("aiosqlite").setLevel(saved[4])
+        smtp_log.filters[:] = saved[5]
+    assert min(stream.getvalue().count("flufl.bounce: Running detector"), 1) == lines
