@@ -37,7 +37,8 @@ def from_a_mailer(msg: Message) -> bool:
 
 def bounced(msg: Message) -> list[tuple[str, str]]:
     """(address, action) for each address flufl.bounce finds: "failed" for its permanent
-    failures, "delayed" for its temporary ones (warnings, which the listener skips)."""
+    failures, "delayed" for its temporary ones (warnings, which the listener skips).
+    `msg` must be the caller's own parse: an unreadable From: is replaced in it."""
     if not from_a_mailer(msg):
         return []
     if not getaddresses([text(msg.get("from", ""))]):
