@@ -84,12 +84,14 @@ def blocks(part: Message) -> list[Fields]:
     The email package splits message/delivery-status into one sub-message per block; any other
     message/* type (message/global-delivery-status, RFC 6533; message/feedback-report) becomes one
     sub-message whose body holds the blocks after the first, which are split here."""
-    payload = part.get_payload()
-    if not isinstance(payload, list):
+    # is_multipart() before get_payload(): without decode=True, a text payload is decoded with
+    # the part's charset parameter, which raises ValueError when that name holds a NUL.
+    if not part.is_multipart():
         raw = part.get_payload(decode=True)
         return _split(decoded(raw)) if isinstance(raw, bytes) else []
+    payload = part.get_payload()
     found: list[Fields] = []
-    for block in payload[:MAX_BLOCKS]:
+    for block in payload[:MAX_BLOCKS] if isinstance(payload, list) else []:
         if isinstance(block, Message):
             found.append(fields(block))
             # decode=True: the body's bytes as received (without it, 8-bit bytes become U+FFFD)
@@ -109,9 +111,8 @@ def original_headers(part: Message | None) -> tuple[tuple[str, str], ...]:
     text/rfc822-headers (or message/global-headers)."""
     if part is None:
         return ()
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        inner = next((p for p in payload if isinstance(p, Message)), None)
+    if part.is_multipart():
+        inner = next((p for p in part.get_payload() if isinstance(p, Message)), None)
         return tuple(fields(inner)) if inner is not None else ()
     raw = part.get_payload(decode=True)
     if not isinstance(raw, bytes):

@@ -41,17 +41,24 @@ def bounced(msg: Message) -> list[tuple[str, str]]:
     `msg` must be the caller's own parse: an unreadable From: is replaced in it."""
     if not from_a_mailer(msg):
         return []
-    if not getaddresses([text(msg.get("from", ""))]):
-        # flufl.bounce 6.0's Yale detector indexes the From: address list, and one failing
-        # detector stops the whole scan: give it an address that matches no detector.
-        del msg["from"]
-        msg["From"] = "unknown@invalid"
+    # One failing detector stops flufl.bounce 6.0's whole scan, and some fail on odd headers:
+    # Sina calls .lower() on From:, which is a Header object when it holds 8-bit bytes, and
+    # Yale indexes From:'s address list, which may be empty. The fields its detectors read
+    # are handed over as plain text, and an unreadable From: as an address no detector knows.
+    for name in ("from", "x-mailer", "x-failed-recipients"):
+        values = [text(v) for v in msg.get_all(name, [])]
+        if name == "from" and not getaddresses(values[:1]):
+            values = ["unknown@invalid"]
+        del msg[name]
+        for value in values:
+            msg[name] = value
     try:
         temporary, permanent = all_failures(msg)
     except Exception:  # a detector's bug on odd input: no bounce recognised, never a crash
         return []
     found = [(a, "failed") for a in sorted(permanent)] + [(a, "delayed") for a in sorted(temporary - permanent)]
-    return [(a.decode("ascii", "replace"), action) for a, action in found]
+    # A truncated header can make a detector return b"": not an address.
+    return [(a.decode("ascii", "replace").strip(), action) for a, action in found if a.strip()]
 
 
 def status_near(body: str, address: str) -> str | None:

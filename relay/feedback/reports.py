@@ -144,11 +144,12 @@ def _walk(msg: Message) -> Iterator[tuple[Message, Message | None]]:
         part, parent, depth = stack.pop()
         seen += 1
         yield part, parent
-        payload = part.get_payload()
-        # A report part's payload is its field blocks, not parts to descend into.
-        if depth >= MAX_DEPTH or not isinstance(payload, list) or part.get_content_type() in _DSN_TYPES:
+        # A report part's payload is its field blocks, not parts to descend into. (is_multipart
+        # first: get_payload() of a text part decodes it with its charset parameter, and
+        # raises ValueError on a charset name with a NUL in it.)
+        if depth >= MAX_DEPTH or not part.is_multipart() or part.get_content_type() in _DSN_TYPES:
             continue
-        children = [child for child in payload if isinstance(child, Message)]
+        children = [child for child in part.get_payload() if isinstance(child, Message)]
         stack.extend((child, part, depth + 1) for child in reversed(children))
 
 

@@ -57,8 +57,8 @@ def test_postfix_user_unknown() -> None:
         remote_mta="dns; mx1.example.org"),)
     # text/rfc822-headers: the original's headers, in order
     assert header(r.original_headers, "Message-ID") == "<offer-2023-11@example.com>"
-    assert header(r.original_headers, "Feedback-ID") == "newsletter:relay"
-    assert header(r.original_headers, "Return-Path") == "<b-AbC123xyz@bounces.example.com>"
+    assert header(r.original_headers, "Feedback-ID") == "newsletter:relay:relay.example.com"
+    assert header(r.original_headers, "Return-Path") == "<b-umwft2vo6xcb2c2jajaw6wfm34oibbc7i33qexqjhlpuiw6ibsek2gvb@bounces.example.com>"
     assert r.original_headers[0][0] == "Return-Path" and r.original_headers[-1][0] == "Content-Type"
     assert classify_bounce(r.recipients[0].status, r.recipients[0].diagnostic_code) == ("Permanent", "NoEmail")
 
@@ -133,7 +133,7 @@ def test_gmail_dsn_multiline_550_5_1_1() -> None:
         "smtp; 550-5.1.1 The email account that you tried to reach does not exist. Please try 550-5.1.1 ")
     assert rcpt.diagnostic_code.endswith("a5-20020a170902c2c500b001cf5b7e2c11si2207316plx.311 - gsmtp")
     assert header(r.original_headers, "Message-ID") == "<welcome-0006@example.com>"
-    assert header(r.original_headers, "Feedback-ID") == "welcome:relay"
+    assert header(r.original_headers, "Feedback-ID") == "welcome:relay:relay.example.com"
     assert classify_bounce(None, rcpt.diagnostic_code) == ("Permanent", "NoEmail")
 
 
@@ -176,13 +176,13 @@ def test_yahoo_arf_abuse_with_message_rfc822() -> None:
     assert r.user_agent == "Yahoo!-Mail-Feedback/2.0"
     assert r.arrival_date == utc(2023, 11, 23, 18, 40, 2)  # Yahoo's Received-Date
     assert r.original_recipients == ("annoyed.reader@yahoo.com",)
-    assert r.original_mail_from == "b-Yhoo0009@bounces.example.com"
+    assert r.original_mail_from == "b-cdmfpwqitr4oe6cm6awo2u5nft6frffe4gny7klw7qoard3v7mphjycj@bounces.example.com"
     assert r.source_ip is None
     assert r.reported_domain == "example.com"
     # Yahoo puts an mbox "From " line before the original's headers: not a header field
     assert r.original_headers[0] == ("X-Apparently-To", "annoyed.reader@yahoo.com; Thu, 23 Nov 2023 18:40:02 +0000")
     assert header(r.original_headers, "Message-ID") == "<blackfriday-0009@example.com>"
-    assert header(r.original_headers, "Feedback-ID") == "blackfriday:relay"
+    assert header(r.original_headers, "Feedback-ID") == "blackfriday:relay:relay.example.com"
 
 
 def test_arf_with_text_rfc822_headers_only() -> None:
@@ -191,10 +191,10 @@ def test_arf_with_text_rfc822_headers_only() -> None:
     assert r.user_agent == "SomeGenerator/1.0"
     assert r.arrival_date == utc(2023, 11, 24, 12, 58, 21)
     assert r.original_recipients == ("first@mail.example.net", "second@mail.example.net")
-    assert r.original_mail_from == "b-Hdrs0010@bounces.example.com"
+    assert r.original_mail_from == "b-esz43vx6mpmchu2j3peotjei3gneco4zzne2hca74hfe32pgoi4yt6pf@bounces.example.com"
     assert r.source_ip == "198.51.100.7"
     assert header(r.original_headers, "Message-ID") == "<alert-0010@example.com>"
-    assert header(r.original_headers, "Feedback-ID") == "security:relay"
+    assert header(r.original_headers, "Feedback-ID") == "security:relay:relay.example.com"
 
 
 def test_dsn_wrapping_an_arf_is_the_arf() -> None:
@@ -202,7 +202,7 @@ def test_dsn_wrapping_an_arf_is_the_arf() -> None:
     assert r.feedback_type == "abuse"
     assert r.user_agent == "ISP-FBL/3.1"
     assert r.original_recipients == ("subscriber@isp.example",)
-    assert r.original_mail_from == "b-Wrap0011@bounces.example.com"
+    assert r.original_mail_from == "b-7piq3l7jpki3ykzeti4umwdhluzrd6daewmjgu4wmaxdgjj7pejbmv52@bounces.example.com"
     # the ARF's own original (its sibling), not the DSN's returned message (the ARF itself)
     assert header(r.original_headers, "Message-ID") == "<flash-0011@example.com>"
 

@@ -141,7 +141,7 @@ def test_never_raises_on_mutated_corpus_files(data: bytes) -> None:
 # -- auto-replies (RFC 3834) -------------------------------------------------------------------
 
 def message(*headers: str, body: str = "I am away until Monday.\n") -> bytes:
-    return ("From: Jane <jane@example.org>\nTo: b-x@bounces.example.com\n" + "".join(h + "\n" for h in headers)
+    return ("From: Jane <jane@example.org>\nTo: b-u2flug27skyvte7mdmds5pibqvf4alolwcgiogcyca34e7yvvhfwtjip@bounces.example.com\n" + "".join(h + "\n" for h in headers)
             + "\n" + body).encode()
 
 
@@ -220,3 +220,23 @@ def test_flufl_bounce_detector_lines_only_at_debug(level: str, lines: int) -> No
         logging.getLogger("aiosqlite").setLevel(saved[4])
         smtp_log.filters[:] = saved[5]
     assert min(stream.getvalue().count("flufl.bounce: Running detector"), 1) == lines
+
+
+def test_an_empty_address_from_a_detector_is_dropped() -> None:
+    # Found by the property test: a report cut inside X-Failed-Recipients made flufl.bounce's
+    # Exim detector return b"" as an address.
+    data = (b"Return-Path: <>\nFrom: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\n"
+            b"X-Failed-Recipients: gone@")
+    assert parse_report(data) == Unrecognised(reason="neither a bounce, a complaint nor an auto-reply")
+
+
+def test_a_plain_bounce_from_an_8bit_from_header_is_still_recognised() -> None:
+    # flufl.bounce's Sina detector calls .lower() on From:, a Header object when the field holds
+    # 8-bit bytes; its failure would stop the scan before the qmail detector runs.
+    data = (b"Return-Path: <>\nFrom: MAILER-DAEMON <mailer-daemon@exampl\xe9.example>\nSubject: failure notice\n\n"
+            b"Hi. This is the qmail-send program at mx.example.net.\nI'm afraid I wasn't able to deliver.\n\n"
+            b"<nobody@example.net>:\nSorry, no mailbox here by that name. (#5.1.1)\n\n"
+            b"--- Below this line is a copy of the message.\n")
+    r = parse_report(data)
+    assert isinstance(r, BounceReport)
+    assert [(x.address, x.status) for x in r.recipients] == [("nobody@example.net", "5.1.1")]
