@@ -292,3 +292,9 @@ def test_a_plain_text_delay_warning_is_delayed_not_failed() -> None:
     assert r.recipients == (RecipientStatus(address="slow@example.co.jp", original_recipient=None,
                                             action="delayed", status=None, diagnostic_code=None, remote_mta=None),)
     assert classify_bounce(None, None) == ("Undetermined", "Undetermined")
+
+
+def test_every_corpus_file_has_its_own_test() -> None:
+    source = Path(__file__).read_text(encoding="utf-8")
+    untested = [p.name for p in CORPUS.glob("*.eml") if f'"{p.name}"' not in source]
+    assert untested == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -190,6 +192,16 @@ def test_feedback_parsing_is_pure() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module.split(".")[0])
         assert not imported & forbidden, path.name
+
+
+def test_importing_pulls_in_no_io_framework() -> None:
+    # A fresh interpreter: pytest-asyncio has already imported asyncio in this one.
+    code = ("import sys, relay.feedback.reports, relay.feedback.classify\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+            " {'asyncio', 'aiohttp', 'aiosmtpd', 'aiosqlite', 'aiosmtplib', 'sqlite3'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+                            cwd=Path(reports_module.__file__).parent.parent.parent)
+    assert result.stdout.strip() == "[]"
 
 
 # -- logging ----------------------------------------------------------------------------------
