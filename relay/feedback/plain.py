@@ -29,7 +29,7 @@ def from_a_mailer(msg: Message) -> bool:
     return_path = msg.get("return-path")
     if return_path is not None and text(return_path) in ("<>", ""):
         return True
-    if msg.get("x-failed-recipients") is not None or msg.get("auto-submitted") is not None:
+    if msg.get("x-failed-recipients") is not None or _auto_submitted(msg) not in ("", "no"):
         return True
     name, addr = parseaddr(text(msg.get("from", "")))
     return bool(_DAEMON.search(name) or _DAEMON.search(addr.split("@")[0]))
@@ -38,7 +38,8 @@ def from_a_mailer(msg: Message) -> bool:
 def bounced(msg: Message) -> list[tuple[str, str]]:
     """(address, action) for each address flufl.bounce finds: "failed" for its permanent
     failures, "delayed" for its temporary ones (warnings, which the listener skips).
-    `msg` must be the caller's own parse: an unreadable From: is replaced in it."""
+    `msg` must be the caller's own parse: its From:, X-Mailer and X-Failed-Recipients fields
+    are rewritten."""
     if not from_a_mailer(msg):
         return []
     # One failing detector stops flufl.bounce 6.0's whole scan, and some fail on odd headers:
@@ -86,13 +87,19 @@ def _subject(msg: Message) -> str:
         return raw
 
 
+def _auto_submitted(msg: Message) -> str:
+    """The Auto-Submitted keyword, lower case, or "" (RFC 3834 §5: "Auto-Submitted:" [CFWS]
+    keyword [CFWS] *(";" parameter), where a comment may follow the keyword)."""
+    keyword = _KEYWORD.search(text(msg.get("auto-submitted", "")))
+    return keyword.group(0).lower() if keyword else ""
+
+
 def auto_reply(msg: Message) -> str | None:
     """Why the message is an auto-reply, or None: RFC 3834 Auto-Submitted other than "no",
     the X-Autoreply / X-Autorespond headers, Precedence: auto_reply, or a vacation subject."""
-    # RFC 3834 §5: "Auto-Submitted:" [CFWS] keyword [CFWS] *(";" parameter)
-    keyword = _KEYWORD.search(text(msg.get("auto-submitted", "")))
-    if keyword and keyword.group(0).lower() != "no":
-        return f"Auto-Submitted: {keyword.group(0).lower()}"
+    auto = _auto_submitted(msg)
+    if auto not in ("", "no"):
+        return f"Auto-Submitted: {auto}"
     for name in ("x-autoreply", "x-autorespond"):
         if msg.get(name) is not None:
             return f"{name} header"
