@@ -63,3 +63,7 @@ def configure(*, level: str, log_format: str, stream: TextIO | None = None) -> N
         smtp_protocol.setLevel(logging.WARNING)
     # aiosqlite's DEBUG is two lines per SQL statement: the library's internals, not relay's.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))
+    # flufl.bounce (inbound plain-text bounces) logs each detector it runs at INFO and a
+    # traceback for each that fails on odd input, which relay.feedback reads as "not a bounce":
+    # per-message noise that senders on the internet control; keep it for --log-level DEBUG.
+    logging.getLogger("flufl.bounce").setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL)
