@@ -20,6 +20,7 @@ from relay.events.file import FileDestination
 from relay.events.sqlite import SqliteDestination
 from relay.events.subscriptions import SubscriptionConfirmations
 from relay.events.webhook import WebhookDestination
+from relay.feedback.listener import FeedbackHandler, FeedbackListener
 from relay.limits import LogThrottle
 from relay.metrics import Metrics
 from relay.return_path import ReturnPaths
@@ -132,6 +133,12 @@ class App:
             self.admin = AdminServer(config=config, store=self.store, signer=self.signer, metrics=self.metrics)
             await self.admin.start()
             stack.push_async_callback(self.admin.stop)
+
+        if config.feedback.listen is not None and self.primary:  # bounces are few: one process takes them
+            feedback = FeedbackListener(config, FeedbackHandler(
+                config=config, spool=self.spool, bus=self.bus, return_paths=self.return_paths, metrics=self.metrics))
+            await feedback.start()
+            stack.push_async_callback(feedback.stop)
 
         if self.primary:
             prune = asyncio.create_task(self._prune_forever(), name="prune")

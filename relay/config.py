@@ -291,6 +291,14 @@ def warnings(config: Config) -> list[str]:
         if smtp.auth_enabled and smtp.tls_cert is None:
             out.append("SMTP AUTH is offered without TLS on a non-loopback listener: "
                        "passwords cross the network in clear (set smtp.tls_cert/tls_key)")
+    fb = config.feedback
+    domains = [fb.return_path_domain, *(s.return_path_domain for s in config.configuration_sets.values())]
+    if fb.listen is not None and not any(domains) and not fb.addresses:
+        out.append("feedback.listen is set but there is no return_path_domain and no feedback.addresses: "
+                   "the feedback listener will refuse every recipient")
+    if any(domains) and fb.listen is None:
+        out.append("a return_path_domain is set but feedback.listen is not: bounces to it must reach the "
+                   "feedback listener of another relay with the same tracking secrets")
     if smtp.max_recipients > MEASURED_MAX_RECIPIENTS:
         out.append(f"smtp.max_recipients is {smtp.max_recipients}: relay was measured with up to "
                    f"{MEASURED_MAX_RECIPIENTS:,} recipients per message (SES allows 50); larger "

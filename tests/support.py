@@ -153,7 +153,11 @@ class RelayProcess:
             cwd=self.tmp, stdout=self._logf, stderr=subprocess.STDOUT, env=env,
             preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None)
         try:
-            await wait_for(lambda: self.proc.poll() is not None or (port_open(self.smtp_port) and port_open(self.http_port)), 20)
+            # The ready line, not the ports: with several processes the parent binds the
+            # ports before the workers start, so open ports do not mean a worker is serving.
+            await wait_for(lambda: self.proc.poll() is not None or (
+                b"relay: SMTP listening on" in self.log.read_bytes()
+                and port_open(self.smtp_port) and port_open(self.http_port)), 20)
         except AssertionError:
             await self.stop()
             raise

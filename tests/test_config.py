@@ -200,3 +200,30 @@ def test_upstream_data_timeout() -> None:
     assert cfg.parse({"upstream": {"data_timeout": 30}}).upstream.data_timeout == 30.0
     with pytest.raises(ConfigError, match=r"upstream\.data_timeout: expected a number > 0"):
         cfg.parse({"upstream": {"data_timeout": 0}})
+
+
+def test_feedback_settings_and_their_warnings(tmp_path) -> None:
+    import pytest
+
+    from relay.config import ConfigError, parse, warnings
+    cfg = parse({"feedback": {"return_path_domain": "Bounces.Example.com", "listen": "127.0.0.1:2526",
+                              "addresses": ["FBL@example.com"]},
+                 "configuration_sets": {"a": {"return_path_domain": "b.example.net", "suppressed_reasons": []}}})
+    assert cfg.return_path_domain("a") == "b.example.net" and cfg.return_path_domain(None) == "bounces.example.com"
+    assert cfg.feedback.addresses == ("fbl@example.com",)
+    assert cfg.suppressed_reasons("a") == frozenset() and cfg.suppressed_reasons(None) == {"bounce", "complaint"}
+    assert warnings(cfg) == []
+    assert any("refuse every recipient" in w for w in warnings(parse({"feedback": {"listen": "127.0.0.1:2526"}})))
+    assert any("feedback.listen is not" in w for w in warnings(parse({"feedback": {"return_path_domain": "b.example.com"}})))
+    for bad, key in (({"feedback": {"return_path_domain": "not a domain"}}, "feedback.return_path_domain"),
+                     ({"feedback": {"listen": "127.0.0.1:2525"}}, "feedback.listen"),  # smtp.listen's
+                     ({"feedback": {"addresses": ["nobody"]}}, "feedback.addresses"),
+                     ({"feedback": {"max_message_size": 10}}, "feedback.max_message_size"),
+                     ({"feedback": {"bogus": 1}}, "feedback.bogus"),
+                     ({"suppression": {"reasons": ["spam"]}}, "suppression.reasons"),
+                     ({"configuration_sets": {"a": {"suppressed_reasons": "bounce"}}},
+                      "configuration_sets.a.suppressed_reasons"),
+                     ({"configuration_sets": {"a": {"return_path_domain": "-x-"}}},
+                      "configuration_sets.a.return_path_domain")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse(bad)

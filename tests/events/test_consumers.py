@@ -17,7 +17,7 @@ import aiosmtplib
 import pytest
 
 from tests.events.django_site import ANYMAIL_SECRET, DjangoServer
-from tests.support import Capture, RelayProcess, Upstream, free_port, wait_for
+from tests.support import Capture, RelayProcess, Upstream, free_port, port_open, wait_for
 
 TYPES = '["send", "delivery", "bounce", "open", "click"]'
 LINK = "https://shop.example.com/spring?utm_source=mail"
@@ -61,7 +61,7 @@ def signals(django_server: DjangoServer) -> Any:
 
     got = Signals()
     receivers = []
-    for name in ("send", "delivery", "bounce", "open", "click"):
+    for name in ("send", "delivery", "bounce", "open", "click", "complaint"):
         def on_ses(sender: Any, mail_obj: Any, _name: str = name, **kw: Any) -> None:
             with got.lock:
                 got.ses.append((_name, mail_obj, kw[f"{_name}_obj"]))
@@ -172,3 +172,44 @@ async def test_django_ses_and_anymail_consume_relay_events(
     assert "Permanent" in bounced.description
     assert len({e.event_id for e in signals.anymail if e.event_type != "sent"}) == 5  # SNS MessageIds
     json.dumps([e.esp_event for e in signals.anymail])  # the records as the library kept them
+
+
+async def test_consumers_read_bounces_and_complaints_from_the_feedback_loop(
+        tmp_path: Path, upstream: Upstream, django_server: DjangoServer, signals: Signals) -> None:
+    """A DSN and an ARF report mailed back to relay reach django-ses and anymail as SES
+    Bounce and Complaint notifications, attributed to the one recipient they are about."""
+    from tests.test_feedback_e2e import arf, postfix_dsn, send_report
+
+    port = free_port()
+    body = config(django_server.port).replace(TYPES, '["bounce", "complaint"]') + (
+        f'[feedback]\nreturn_path_domain = "bounces.example.com"\nlisten = "127.0.0.1:{port}"\n'
+        'addresses = ["fbl@example.com"]\n')
+    relay = await RelayProcess(tmp_path, body, upstream_url=f"smtp://127.0.0.1:{upstream.port}").start()
+    try:
+        await wait_for(lambda: port_open(port))
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.smtp_port, timeout=20) as client:
+            _, reply = await client.sendmail("shop@example.com", RCPTS[:2], HTML.encode())
+        message_id = reply.split()[1]
+        await wait_for(lambda: len(upstream.messages) == 2)
+        copy = {m.rcpts[0]: m for m in upstream.messages}
+        bob = copy["bob@example.org"]
+        send_report(port, bob.mail_from, postfix_dsn(bob.mail_from, "bob@example.org", bob.data))
+        ana = copy["ana@example.org"]
+        send_report(port, "fbl@example.com", arf(ana.data, rcpt="ana@example.org", return_path=ana.mail_from))
+        await wait_for(lambda: signals.count() == (2, 2), 20)
+    finally:
+        assert await relay.stop() == 0
+
+    by_name = {name: (mail, obj) for name, mail, obj in signals.ses}
+    assert sorted(by_name) == ["bounce", "complaint"]
+    mail, bounce = by_name["bounce"]
+    assert mail["messageId"] == message_id and mail["source"] == "shop@example.com"
+    assert (bounce["bounceType"], bounce["bounceSubType"]) == ("Permanent", "NoEmail")
+    assert [r["emailAddress"] for r in bounce["bouncedRecipients"]] == ["bob@example.org"]
+    _, complaint = by_name["complaint"]
+    assert complaint["complainedRecipients"] == [{"emailAddress": "ana@example.org"}]
+    assert complaint["complaintFeedbackType"] == "abuse"
+    got = sorted((e.event_type, e.recipient) for e in signals.anymail)
+    assert got == [("bounced", "bob@example.org"), ("complained", "ana@example.org")]
+    for e in signals.anymail:
+        assert e.message_id == message_id

@@ -213,6 +213,9 @@ def _all_records() -> list[dict[str, Any]]:
                             user_agent="Mozilla/5.0", link="https://shop.example.com/spring?a=1&b=2",
                             link_tags={"product": ["shoes"]}),
         records.rendering_failure_event(MAIL, error_message="unbalanced HTML", recipient="ana@example.org"),
+        records.complaint_event(MAIL, recipients=["ana@example.org"], timestamp=LATER, feedback_id="fb-2",
+                                feedback_type="abuse", user_agent="Yahoo!-Mail-Feedback/2.0",
+                                arrival_date=ACCEPTED),
     ]
 
 
@@ -246,6 +249,11 @@ def test_child_objects_exact() -> None:
             "recipient": "ana@example.org"}},
         {"eventType": "Rendering Failure", "failure": {
             "errorMessage": "unbalanced HTML", "recipient": "ana@example.org"}},
+        {"eventType": "Complaint", "complaint": {
+            "complainedRecipients": [{"emailAddress": "ana@example.org"}],
+            "timestamp": "2024-05-02T21:16:19.901Z", "feedbackId": "fb-2", "complaintSubType": None,
+            "userAgent": "Yahoo!-Mail-Feedback/2.0", "complaintFeedbackType": "abuse",
+            "arrivalDate": "2024-05-02T21:16:18.845Z"}},
     ]
 
 
@@ -266,6 +274,9 @@ def _child_key(event_type: str) -> str:
                             reporting_mta="h", remote_mta_ip=None)["delivery"], "remoteMtaIp"),
     (records.rendering_failure_event(MAIL, error_message="x")["failure"], "recipient"),
     (records.rendering_failure_event(MAIL, error_message="x")["failure"], "templateName"),
+    # SES: userAgent, complaintFeedbackType and arrivalDate only with a feedback report.
+    (records.complaint_event(MAIL, recipients=["a@x.y"], timestamp=LATER, feedback_id="f", feedback_type=None,
+                             user_agent=None, arrival_date=None)["complaint"], "userAgent"),
 ])
 def test_optional_fields_are_left_out(record: dict[str, Any], absent: str) -> None:
     assert absent not in record

@@ -181,10 +181,13 @@ def test_a_dsn_with_auto_submitted_is_a_bounce_not_an_auto_reply() -> None:
 # -- purity --------------------------------------------------------------------------------------
 
 def test_feedback_parsing_is_pure() -> None:
-    # STYLE.md: pure cores import no I/O framework, no logging, no clock.
+    # STYLE.md: pure cores import no I/O framework, no logging, no clock. The package's
+    # one I/O shell is the listener (SMTP, storage).
     forbidden = {"asyncio", "aiohttp", "aiosmtpd", "aiosqlite", "aiosmtplib", "logging", "socket",
                  "sqlite3", "time", "os"}
     for path in Path(reports_module.__file__).parent.glob("*.py"):
+        if path.name == "listener.py":
+            continue
         imported: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
