@@ -185,18 +185,20 @@ class DkimSigner:
 
     def seal(self, data: bytes, *, original: bytes, changed: bool) -> Sealed:
         """The copy `data` (made by relay from `original`, the message as spooled), signed
-        when relay `changed` it (or its domain signs all mail), without the signatures that
-        would fail. Untouched, it is returned as is (the same object). Raises SigningError."""
+        when relay changed it (`changed`: the body was rewritten for tracking; or any byte
+        differs, e.g. List-Unsubscribe or Feedback-ID added, which RFC 8058 §4 and Gmail's
+        feedback loop want covered by the domain's signature) or its domain signs all mail,
+        without the signatures that would fail. Untouched, it is returned as is (the same
+        object). Raises SigningError."""
         domain = from_domain(data)
         key = self.key_for(domain)
-        sign_all = key is not None and key.sign_all
-        if not changed and not sign_all and (data is original or data == original):
+        if not changed and data is not original and data == original:
+            data = original
+        if data is original and not changed and not (key is not None and key.sign_all):
             return Sealed(data=data, from_domain=domain)  # byte for byte: nothing to do
         original_headers = _parse(original[:split_header_block(original)[1]])[0]
         headers, body = _parse(data)
         broken = self._broken(headers, body, original_headers)
-        if not changed and not sign_all and not broken:
-            return Sealed(data=data, from_domain=domain)  # what relay added is not signed by anyone
         if key is not None and needs_8bitmime(data):
             # RFC 6376 §5.3: sign the 7-bit form, so an upstream without 8BITMIME (RFC 6152)
             # has nothing left to convert after the signature is made.

@@ -246,6 +246,22 @@ def test_a_header_relay_adds_that_the_mailer_signed_breaks_its_signature(keys: d
     assert verdicts(sealed.data, dns) == [("example.com", True), ("esp.example", True)]
 
 
+def test_headers_relay_adds_to_an_untracked_copy_get_signed(keys: dict[str, SigningKey]) -> None:
+    # RFC 8058 §4: List-Unsubscribe(-Post) must be covered by a valid DKIM signature; the
+    # mailer's still holds (it did not sign them) and stays.
+    raw = mailer_signed(html_message("quoted-printable"), keys["mailer"])
+    added = raw.replace(b"Subject:", b"List-Unsubscribe: <https://t.example.com/u/x>\r\n"
+                                     b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nSubject:", 1)
+    sealed = signer_for(keys["rsa"]).seal(added, original=raw, changed=False)
+    assert sealed.signed_as == "example.com" and sealed.removed == () and sealed.data.endswith(added)
+    assert b"list-unsubscribe : list-unsubscribe-post" in re.sub(rb"\r\n\s", b"", sealed.data.split(b"\r\nFrom:")[0])
+    dns = dns_for({"mailer._domainkey.example.com.": keys["mailer"], "s1._domainkey.example.com.": keys["rsa"]})
+    assert verdicts(sealed.data, dns) == [("example.com", True), ("example.com", True)]
+    # Without a key: nothing to remove, nothing to sign, the copy as it came.
+    alone = signer_for(keys["rsa"], domain="example.net").seal(added, original=raw, changed=False)
+    assert alone.data is added and alone.removed == () and alone.signed_as is None
+
+
 def test_a_signature_over_a_removed_signature_goes_too(keys: dict[str, SigningKey]) -> None:
     base = html_message("quoted-printable")
     raw = mailer_signed(base, keys["mailer"], headers=[b"from", b"list-unsubscribe"])

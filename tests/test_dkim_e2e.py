@@ -157,6 +157,36 @@ async def test_untracked_presigned_mail_keeps_its_signature(
     assert signatures(copy.data, dns_for(keys)) == [(b"mailer", True)]
 
 
+async def test_headers_relay_adds_are_covered_by_its_signature(
+        tmp_path: Path, keys: dict[str, tuple[bytes, SigningKey]]) -> None:
+    # An untracked set with one-click unsubscribe and a VERP return path: the body is the
+    # mailer's, but List-Unsubscribe(-Post) (RFC 8058 §4) and Feedback-ID (Gmail) are relay's.
+    (tmp_path / "dkim.pem").write_bytes(keys["relay"][0])
+    upstream = await Upstream().start()
+    relay = RelayProcess(tmp_path, SETS.replace("[configuration_sets.plain]\n",
+                                                "[configuration_sets.plain]\nlist_unsubscribe = true\n")
+                         + '[feedback]\nreturn_path_domain = "bounces.example.com"\n'
+                         + f'[dkim."example.com"]\nselector = "s1"\nprivate_key = "{tmp_path / "dkim.pem"}"\n',
+                         upstream_url=f"smtp://127.0.0.1:{upstream.port}", processes=1)
+    try:
+        await relay.start()
+        raw = presigned(keys, "plain")
+        await submit(relay.smtp_port, raw)
+        await wait_for(lambda: len(upstream.messages) == 2, 30)
+    finally:
+        await relay.stop()
+        await upstream.stop()
+    for copy in upstream.messages:
+        headers = email.message_from_bytes(copy.data, policy=email.policy.default)
+        assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click" and headers["Feedback-ID"]
+        assert copy.mail_from.endswith("@bounces.example.com")
+        # relay's signature covers what it added; the mailer's still holds and stays.
+        assert signatures(copy.data, dns_for(keys)) == [(b"s1", True), (b"mailer", True)]
+        signed = dkim.util.parse_tag_value(headers["DKIM-Signature"].encode().replace(b"\r\n", b""))[b"h"]
+        names = {n.strip() for n in signed.split(b":")}
+        assert {b"list-unsubscribe", b"list-unsubscribe-post", b"feedback-id"} <= names
+
+
 def test_a_bad_key_stops_serve_with_one_line(tmp_path: Path) -> None:
     weak = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
