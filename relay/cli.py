@@ -1,7 +1,7 @@
 # The command line: wiring only. `relay serve` runs the relay; `relay stats`, `events`,
 # `messages`, `message` read the storage file (also while `relay serve` runs on it:
 # WAL lets readers and the writer work at once); `prune`, `webhook dead-letters|replay`,
-# `check-config`, `suppression list|add|remove|import|export`, `--version`.
+# `check-config`, `suppression list|add|remove|import|export`, `dkim keygen`, `--version`.
 # Tables come from relay.report, queries from relay.stats.
 from __future__ import annotations
 
@@ -515,6 +515,55 @@ def suppression_export_command(config_path: str | None, file: str | None) -> Non
     except OSError as e:
         _fail(f"cannot write {file}: {e.strerror or e}", 1)
     click.echo(f"{text.count(chr(10)) - 1} address(es) exported to {file}", err=True)
+
+
+@main.group("dkim", cls=_Group, short_help="DKIM signing keys: make one.")
+def dkim_group() -> None:
+    """Keys for [dkim.<domain>]: relay signs the copies it changes with them (RFC 6376)."""
+
+
+@dkim_group.command("keygen", short_help="Write a new signing key; print its DNS record.")
+@click.argument("domain")
+@click.argument("selector")
+@click.option("--type", "key_type", type=click.Choice(["rsa", "ed25519"]), default="rsa", show_default=True,
+              help="rsa (every receiver checks it) or ed25519 (RFC 8463; not every receiver checks it yet)")
+@click.option("--bits", type=click.IntRange(min=2048, max=8192), default=2048, show_default=True,
+              help="RSA key size (ignored for ed25519)")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Where to write the private key (default: ./dkim-DOMAIN-SELECTOR.pem); never overwritten")
+def dkim_keygen_command(domain: str, selector: str, key_type: str, bits: int, out: str | None) -> None:
+    """Write a private key (PEM, mode 0600) for DOMAIN, then print the TXT record to publish
+    at SELECTOR._domainkey.DOMAIN and the [dkim."DOMAIN"] table for relay.toml."""
+    from relay import dkim
+
+    domain = domain.lower().rstrip(".")
+    if not config_mod.DOMAIN_RE.match(domain):
+        _fail(f"DOMAIN: expected a domain name like example.com, got {domain!r}")
+    if not config_mod.SELECTOR_RE.match(selector):
+        _fail(f"SELECTOR: expected a DNS label like s2026 (RFC 6376 §3.1), got {selector!r}")
+    path = os.path.abspath(out or f"dkim-{domain}-{selector}.pem")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # a secret: owner only
+    except FileExistsError:
+        _fail(f"{path} exists; not overwritten (choose another --out)", 1)
+    except OSError as e:
+        _fail(f"cannot write {path}: {e.strerror or e}", 1)
+    try:
+        pem, key = dkim.generate_key(key_type, bits)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        _fail(f"cannot write {path}: {e.strerror or e}", 1)
+    what = f"RSA {key.bits}-bit" if key.key_type == "rsa" else "Ed25519"
+    click.echo(f"Wrote the {what} private key to {path} (mode 0600; keep it secret, back it up).\n")
+    click.echo("Publish this DNS TXT record (strings of 255 bytes at most, read as one):")
+    click.echo(dkim.txt_record(domain, selector, key) + "\n")
+    click.echo("Then add to relay.toml:")
+    click.echo(f'[dkim."{domain}"]\nselector = "{selector}"\nprivate_key = {json.dumps(path)}')
 
 
 if __name__ == "__main__":

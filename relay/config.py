@@ -9,11 +9,14 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import unquote, urlsplit
 
 from relay.errors import ConfigError
 from relay.limits import DEFAULT_PER_CLIENT
+
+if TYPE_CHECKING:
+    from relay.dkim import SigningKey
 
 # SES MatchingEventTypes, in the v1/config spelling relay uses.
 EVENT_TYPES = (
@@ -31,6 +34,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 DKIM_SIGN = ("changed", "all")  # sign only copies relay rewrote, or every message from the domain
 SUPPRESSION_REASONS = ("bounce", "complaint")  # SES SuppressedReasons (BOUNCE, COMPLAINT)
+# A DKIM selector: dot-separated DNS labels (RFC 6376 §3.1).
+SELECTOR_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 # One message to 10,000 recipients, tracked, completes with ~80 MB over idle (2026-11-29).
 MEASURED_MAX_RECIPIENTS = 10_000
@@ -214,6 +219,8 @@ class DkimDomain:
     selector: str
     private_key: str = field(repr=False)  # path of a PEM file (RSA >= 2048 bits or Ed25519, RFC 8463)
     sign: str = "changed"  # DKIM_SIGN
+    # The key read from private_key and checked at start-up (None: read when the signer is built).
+    key: SigningKey | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -398,8 +405,7 @@ def _domain(r: _Reader, t: Mapping[str, Any], key: str) -> str | None:
 def _dkim(r: _Reader, key: str, domain: str, t: dict[str, Any]) -> DkimDomain:
     r.no_unknown(t, key, {"selector", "private_key", "sign"})
     selector = r.string(t, f"{key}.selector", "")
-    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
-                        selector):
+    if not SELECTOR_RE.match(selector):
         r.fail(f"{key}.selector", "a DNS label like s2026 (RFC 6376 §3.1)", selector)
     private_key = r.string(t, f"{key}.private_key", "")
     if not Path(private_key).is_file():
@@ -407,7 +413,15 @@ def _dkim(r: _Reader, key: str, domain: str, t: dict[str, Any]) -> DkimDomain:
     sign = t.get("sign", "changed")
     if sign not in DKIM_SIGN:
         r.fail(f"{key}.sign", " or ".join(repr(x) for x in DKIM_SIGN), sign)
-    return DkimDomain(domain=domain, selector=selector, private_key=private_key, sign=sign)
+    # Read and checked here, so `relay check-config` finds a bad key as `relay serve` would.
+    from relay.dkim import KeyProblem, read_key  # dkimpy and cryptography: only when a key is set
+
+    try:
+        signing_key = read_key(private_key)
+    except KeyProblem as e:
+        raise ConfigError(f"{r.source}: {key}.private_key: expected an unencrypted RSA (2048 bits or more) or "
+                          f"Ed25519 private key in PEM, got {private_key!r}: {e}") from None
+    return DkimDomain(domain=domain, selector=selector, private_key=private_key, sign=sign, key=signing_key)
 
 
 def _feedback(r: _Reader, t: dict[str, Any], smtp: SmtpConfig) -> FeedbackConfig:

@@ -13,14 +13,16 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote
 
+from relay import dkim as dkim_mod
 from relay import dsn as dsn_mod
 from relay import suppression, unsubscribe
 from relay.config import Config
+from relay.errors import ConfigError
 from relay.events import records
 from relay.events.bus import EventBus
 from relay.headers import add_header, split_header_block
 from relay.instrument import TrackingOptions, personalize, prepare
-from relay.intake import new_message_id
+from relay.intake import SES_CONTROL_HEADERS, new_message_id
 from relay.metrics import Metrics
 from relay.outcomes import Reply, judge
 from relay.retry import RetryPolicy
@@ -104,6 +106,8 @@ class Deliverer:
             max_delivery_seconds=config.upstream.max_delivery_seconds,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._dkim_signer = _dkim_signer(config)
+        self._dkim_warned: set[str] = set()  # From: domains warned about (once per process)
 
     def start(self, workers: int) -> None:
         for i in range(workers):
@@ -315,7 +319,19 @@ class Deliverer:
 
     def _dkim(self, job: Job, data: bytes, *, changed: bool) -> bytes:
         """Sign for the From: domain with [dkim.<domain>]; drop signatures the rewrite broke."""
-        return data
+        try:
+            sealed = self._dkim_signer.seal(data, original=job.data if job.data is not None else data,
+                                            changed=changed)
+        except dkim_mod.SigningError as e:  # dkimpy cannot read this copy: sent as it is
+            log.warning("message %s: not DKIM-signed: %s", job.message_id, e)
+            return data
+        if sealed.unsigned_removal:
+            domain = sealed.from_domain or "(no From: domain)"
+            if domain not in self._dkim_warned:  # one line per domain, not one per message
+                self._dkim_warned.add(domain)
+                log.warning("DKIM: copies from %s that relay changes lose their signatures (they would "
+                            "fail) and go out unsigned: add a [dkim.\"%s\"] key to sign them", domain, domain)
+        return sealed.data
 
     async def _record(self, job: Job, replies: dict[str, Reply]) -> None:
         """Commit each recipient's outcome with its events (and any DSN) in one transaction."""
@@ -392,6 +408,22 @@ class Deliverer:
             tags={NOTICE_TAG: ["dsn"]})  # relay's own mail: shown in timelines, not counted as sent
         return Job(message_id=mid, accepted_at=now, configuration_set=None, mail_from="",
                    mail=info, tracked=False, attempts={job.mail_from: 0}, due=now, data=data)
+
+
+def _dkim_signer(config: Config) -> dkim_mod.DkimSigner:
+    """The signer for the [dkim.<domain>] keys (read and checked by config.parse already)."""
+    keys = {}
+    for domain, d in config.dkim.items():
+        key = d.key
+        if key is None:  # a Config built in code, not parsed: read the key now
+            try:
+                key = dkim_mod.read_key(d.private_key)
+            except dkim_mod.KeyProblem as e:
+                raise ConfigError(f"dkim.{domain}.private_key: {e}") from None
+        keys[domain] = dkim_mod.DomainKey(domain=domain, selector=d.selector, key=key, sign_all=d.sign == "all")
+    # Intake removed these before spooling (SES does too): a signature covering them fails.
+    removed = frozenset(SES_CONTROL_HEADERS) | {config.smtp.config_set_header.lower(), config.smtp.tags_header.lower()}
+    return dkim_mod.DkimSigner(keys, removed_headers=removed)
 
 
 def log_outcomes(message_id: str, *, delivered: Sequence[tuple[str, str]], bounced: Sequence[tuple[str, str]],
