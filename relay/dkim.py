@@ -190,6 +190,8 @@ class DkimSigner:
         feedback loop want covered by the domain's signature) or its domain signs all mail,
         without the signatures that would fail. Untouched, it is returned as is (the same
         object). Raises SigningError."""
+        if not self._keys and b"dkim-signature" not in data[:split_header_block(data)[1]].lower():
+            return Sealed(data=data, from_domain=None)  # no key, nothing to drop: the common case, cheaply
         domain = from_domain(data)
         key = self.key_for(domain)
         if not changed and data is not original and data == original:
