@@ -179,6 +179,8 @@ class RelayProcess:
         code = self.proc.returncode
         self.proc = None
         self._logf.close()
+        if code != 0 and sig == signal.SIGTERM:  # shown by pytest when the test fails on it
+            sys.stderr.write(f"relay exited {code} after SIGTERM; its log ends:\n{self.output()[-4000:]}\n")
         return code
 
     def output(self) -> str:
