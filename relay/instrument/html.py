@@ -53,6 +53,16 @@ _SEPARATORS_RE = re.compile(r"[\t\n\f\r /]*")  # §13.2.5.32 before attribute na
 _ATTRIBUTE_NAME_RE = re.compile(r"[^\t\n\f\r />][^\t\n\f\r />=]*")  # §13.2.5.33 ('=' may start one)
 _SPACES_RE = re.compile(r"[\t\n\f\r ]*")
 _UNQUOTED_RE = re.compile(r"[^\t\n\f\r >]*")  # §13.2.5.38 attribute value (unquoted) state
+# A whole start or end tag in one match, for the tags the scanner only has to step over:
+# the same states as _tag/_attribute (§13.2.5.8-40), possessive so it takes exactly the
+# loop's path; no match (EOF inside the tag, an '=' without its value) falls back to them.
+_TAG_OVER_RE = re.compile(
+    r"([^\t\n\f\r />]*+)"  # tag name
+    r"(?:[\t\n\f\r /]*+"  # before attribute name
+    r"[^\t\n\f\r />][^\t\n\f\r />=]*+"  # attribute name
+    r"(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?:\"[^\"]*+\"|'[^']*+'|(?![\"'])[^\t\n\f\r >]*+)"  # = value
+    r"|(?![\t\n\f\r ]*+=)))*+"  # or a bare attribute
+    r"[\t\n\f\r /]*+>")
 _COMMENT_END_RE = re.compile(r"--!?>")  # §13.2.5.51 comment end, §13.2.5.52 comment end bang
 
 # Elements whose start tag switches the tokenizer out of the data state (§13.2.6.4.4 "in
@@ -65,6 +75,8 @@ _RAW_TEXT = frozenset({"title", "textarea", "style", "xmp", "iframe", "noembed",
 # (foreign content, §13.2.6.5), which these start tags leave ("breakout"). Integration
 # points (<foreignObject>, <mi>…) are not modelled: they do not occur in mail.
 _FOREIGN = frozenset({"svg", "math"})
+# Start tags the scanner acts on (anchors, foreign content, raw text); the rest it steps over.
+_NOTABLE_START = frozenset({"a", "area", "plaintext", "script"}) | _RAW_TEXT | _FOREIGN
 _BREAKOUT = frozenset(
     "b big blockquote body br center code dd div dl dt em embed h1 h2 h3 h4 h5 h6 head hr i img li listing "
     "menu meta nobr ol p pre ruby s small span strong strike sub sup table tt u ul var".split()
@@ -98,8 +110,9 @@ def scan(text: str) -> HtmlScan:
 
 
 class _Scanner:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, fast: bool = True) -> None:
         self.text = text
+        self.fast = fast  # step over tags that change nothing with one regex (_TAG_OVER_RE)
         self.anchors: list[Anchor] = []
         self.texts: list[tuple[int, int]] = []  # runs of character data (data state)
         self.body_end: int | None = None
@@ -143,11 +156,19 @@ class _Scanner:
         text = self.text
         following = text[lt + 1 : lt + 2]
         if _is_alpha(following):
+            if self.fast and not self.foreign:
+                over = _TAG_OVER_RE.match(text, lt + 1)
+                if over is not None and over[1].lower() not in _NOTABLE_START:
+                    return over.end()
             tag = _tag(text, lt + 1)
             return None if tag is None else self._start_tag(lt, tag)
         if following == "/":  # §13.2.5.7 end tag open state
             after = text[lt + 2 : lt + 3]
             if _is_alpha(after):
+                if self.fast and not self.foreign:
+                    over = _TAG_OVER_RE.match(text, lt + 2)
+                    if over is not None and over[1].lower() != "body":
+                        return over.end()
                 tag = _tag(text, lt + 2)
                 if tag is not None:
                     self._end_tag(lt, tag)
