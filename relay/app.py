@@ -252,5 +252,9 @@ async def serve(config: Config, role: Role | None = None) -> None:
     finally:
         log.info("shutting down")
         await app.stop()
+        # From here a second SIGTERM (the supervisor repeats it, a user presses Ctrl-C
+        # twice) must not kill the exiting process: asyncio restores the default handler
+        # as the loop closes, and a death by signal would turn exit 0 into a failure.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         if primary:
             print("relay: stopped", flush=True)

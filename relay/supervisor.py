@@ -167,7 +167,11 @@ def run(config: Config) -> int:
         s.close()
     for fd in others_pipe:
         os.close(fd)
-    return _supervise(pids, stopping, metrics_dir)
+    status = _supervise(pids, stopping, metrics_dir)
+    # Every worker is gone: a late SIGTERM must not kill the exiting parent (the
+    # interpreter restores the default handlers as it finalizes) and turn 0 into -15.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    return status
 
 
 def _worker(config: Config, role: Role, inherited: list[socket.socket]) -> None:

@@ -153,8 +153,9 @@ async def running(tmp_path: Path):
         await wait_for(lambda: port_open(port))
         yield relay, up, port
     finally:
-        assert await relay.stop() == 0, relay.output()[-3000:]
+        code = await relay.stop()
         await up.stop()
+        assert code == 0, relay.output()[-3000:]
 
 
 async def test_each_copy_has_its_own_return_path_and_a_feedback_id(running) -> None:

@@ -90,6 +90,21 @@ async def test_sigterm_stops_every_worker(tmp_path: Path, upstream: Upstream) ->
     assert not port_open(relay.smtp_port) and not port_open(relay.http_port)
 
 
+async def test_repeated_sigterm_still_exits_0(tmp_path: Path, upstream: Upstream) -> None:
+    """SIGTERM again and again (the supervisor repeats it; a user presses Ctrl-C twice):
+    a worker already past its shutdown must not die of it and turn exit 0 into 1."""
+    relay = RelayProcess(tmp_path, SET, upstream_url=f"smtp://127.0.0.1:{upstream.port}", processes=2)
+    await relay.start()
+    proc = relay.proc
+    assert proc is not None
+    for _ in range(2000):  # bounded: 20 s at most
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.01)
+    assert await relay.stop() == 0, relay.output()[-2000:]
+
+
 async def test_kill_9_takes_the_workers_along_and_a_restart_delivers_what_was_accepted(
         tmp_path: Path, upstream: Upstream) -> None:
     upstream.handler.data_replies = ["451 4.3.0 not now"] * 5  # the first copies are deferred
