@@ -57,7 +57,7 @@ _UNQUOTED_RE = re.compile(r"[^\t\n\f\r >]*")  # §13.2.5.38 attribute value (unq
 # the same states as _tag/_attribute (§13.2.5.8-40), possessive so it takes exactly the
 # loop's path; no match (EOF inside the tag, an '=' without its value) falls back to them.
 _TAG_OVER_RE = re.compile(
-    r"([^\t\n\f\r />]*+)"  # tag name
+    r"<(/?)([A-Za-z][^\t\n\f\r />]*+)"  # tag open, end tag open, tag name
     r"(?:[\t\n\f\r /]*+"  # before attribute name
     r"[^\t\n\f\r />][^\t\n\f\r />=]*+"  # attribute name
     r"(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?:\"[^\"]*+\"|'[^']*+'|(?![\"'])[^\t\n\f\r >]*+)"  # = value
@@ -154,21 +154,19 @@ class _Scanner:
     def _markup(self, lt: int) -> int | None:
         """The end of the markup token starting at `lt` ('<'); lt if it is text, None at EOF."""
         text = self.text
+        if self.fast and not self.foreign:
+            over = _TAG_OVER_RE.match(text, lt)
+            if over is not None:
+                name = over[2].lower()
+                if (name != "body") if over[1] else (name not in _NOTABLE_START):
+                    return over.end()
         following = text[lt + 1 : lt + 2]
         if _is_alpha(following):
-            if self.fast and not self.foreign:
-                over = _TAG_OVER_RE.match(text, lt + 1)
-                if over is not None and over[1].lower() not in _NOTABLE_START:
-                    return over.end()
             tag = _tag(text, lt + 1)
             return None if tag is None else self._start_tag(lt, tag)
         if following == "/":  # §13.2.5.7 end tag open state
             after = text[lt + 2 : lt + 3]
             if _is_alpha(after):
-                if self.fast and not self.foreign:
-                    over = _TAG_OVER_RE.match(text, lt + 2)
-                    if over is not None and over[1].lower() != "body":
-                        return over.end()
                 tag = _tag(text, lt + 2)
                 if tag is not None:
                     self._end_tag(lt, tag)
