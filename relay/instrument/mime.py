@@ -219,8 +219,18 @@ def encode_quoted_printable(data: bytes, eol: bytes) -> bytes:
 
 def encode_quoted_printable_line(line: bytes, eol: bytes) -> bytes:
     """One hard line (without its line break), soft-broken with `eol` to legal length."""
+    return quoted_printable_wrap(quoted_printable_escape(line), eol)
+
+
+def quoted_printable_escape(data: bytes) -> bytes:
+    """The escapes alone: byte by byte, so escaping pieces and joining them is the same
+    as escaping the whole (what lets a template line be escaped once, its holes per copy)."""
     # Line breaks other than the part's own (a bare CR or LF) are data: escaped too.
-    encoded = _QP_UNSAFE_RE.sub(lambda match: _QP_ESCAPES[match[0][0]], line)
+    return _QP_UNSAFE_RE.sub(lambda match: _QP_ESCAPES[match[0][0]], data)
+
+
+def quoted_printable_wrap(encoded: bytes, eol: bytes) -> bytes:
+    """An escaped hard line, its trailing white space escaped and soft-broken to length."""
     if encoded[-1:] in (b" ", b"\t"):  # trailing whitespace would be stripped in transit
         encoded = encoded[:-1] + _QP_ESCAPES[encoded[-1]]
     if len(encoded) <= _QP_MAX_LINE:

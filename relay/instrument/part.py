@@ -3,12 +3,22 @@
 # 7bit/8bit part to quoted-printable when a copy would break the 998-octet line limit.
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
 from .headers import set_transfer_encoding
-from .mime import MAX_LINE, Leaf, encode_body, encode_quoted_printable_line, encodes_by_line, exceeds_line_limit
+from .mime import (
+    MAX_LINE,
+    Leaf,
+    encode_body,
+    encode_quoted_printable_line,
+    encodes_by_line,
+    exceeds_line_limit,
+    quoted_printable_escape,
+    quoted_printable_wrap,
+)
 from .template import Template, split_lines
 
 _IDENTITY = ("7bit", "8bit")  # "binary" (RFC 3030 BINARYMIME) has no line limit
@@ -24,7 +34,7 @@ class Part:
     template: Template
     # Quoted-printable encodes line by line: when the charset allows it, the lines
     # without holes are encoded once (bytes) and only lines with URLs per recipient.
-    lines: tuple[bytes | Template, ...] | None = None
+    lines: tuple[bytes | QuotedLine | Template, ...] | None = None
     # 7bit/8bit: the way out to quoted-printable for a copy whose lines grow too long.
     recode: Recode | None = None
 
@@ -43,6 +53,8 @@ class Part:
         return eol.join(
             line
             if isinstance(line, bytes)
+            else line.render(open_url, click_urls, eol)
+            if isinstance(line, QuotedLine)
             else encode_quoted_printable_line(line.fill(open_url, click_urls).encode(self.charset), eol)
             for line in self.lines
         )
@@ -103,8 +115,32 @@ def part(raw: bytes, leaf: Leaf, charset: str, trailer: bytes, text: str, templa
     return Part(leaf, charset, trailer, template, _quoted_printable_lines(leaf, charset, template) if by_line else None)
 
 
-def _quoted_printable_lines(leaf: Leaf, charset: str, template: Template) -> tuple[bytes | Template, ...]:
-    lines: list[bytes | Template] = []
+@dataclass(frozen=True)
+class QuotedLine:
+    """A quoted-printable line with holes, its text encoded and escaped once: a copy
+    escapes only what fills the holes, then soft-breaks the line (RFC 2045 §6.7)."""
+
+    template: Template
+    pieces: tuple[bytes, ...]  # template.pieces, encoded in the charset and escaped
+    charset: str
+
+    def render(self, open_url: str | None, click_urls: Sequence[str], eol: bytes) -> bytes:
+        out = [self.pieces[0]]
+        for text, piece in zip(self.template.write(open_url, click_urls), self.pieces[1:], strict=True):
+            out.append(quoted_printable_escape(text.encode(self.charset)))
+            out.append(piece)
+        return quoted_printable_wrap(b"".join(out), eol)
+
+
+# Charsets whose encoding of a string is the concatenation of its pieces' encodings (no
+# shift state, unlike ISO-2022-JP): only their lines are escaped ahead of time.
+_STATELESS = re.compile(r"(utf-8|ascii|us-ascii|latin-1|iso-?8859-\d+|cp125\d|windows-125\d)", re.IGNORECASE)
+
+
+def _quoted_printable_lines(leaf: Leaf, charset: str,
+                            template: Template) -> tuple[bytes | QuotedLine | Template, ...]:
+    lines: list[bytes | QuotedLine | Template] = []
+    stateless = _STATELESS.fullmatch(charset) is not None
     static: list[bytes] = []  # consecutive lines without holes, joined into one item
     for line in split_lines(template, leaf.eol.decode("ascii")):
         if isinstance(line, str):
@@ -113,7 +149,11 @@ def _quoted_printable_lines(leaf: Leaf, charset: str, template: Template) -> tup
         if static:
             lines.append(leaf.eol.join(static))
             static = []
-        lines.append(line)
+        if stateless:
+            lines.append(QuotedLine(line, tuple(quoted_printable_escape(p.encode(charset)) for p in line.pieces),
+                                    charset))
+        else:
+            lines.append(line)
     if static:
         lines.append(leaf.eol.join(static))
     return tuple(lines)
