@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import smtplib
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 
 from relay.intake import new_message_id
 from relay.return_path import ReturnPathClaim, ReturnPaths
-from tests.support import RelayProcess, Upstream, free_port, port_open, wait_for
+from tests.support import Capture, RelayProcess, Upstream, free_port, port_open, wait_for
 from tests.test_serve import submit
 
 DOMAIN = "bounces.example.com"
@@ -304,3 +306,62 @@ async def test_the_listener_has_its_own_connection_limits_and_port_errors_name_t
         for c in clients:
             c.close()
         assert await relay.stop() == 0
+
+
+CORPUS = Path(__file__).parent / "feedback" / "corpus"
+SHAPES = {  # recipient -> a DSN as that MTA writes it (tests/feedback/corpus), and its Final-Recipient
+    "pf@example.org": ("postfix-user-unknown.eml", "nobody@example.org"),
+    "gm@example.org": ("gmail-dsn.eml", "no.such.user.2023@gmail.com"),
+    "ex@example.org": ("exim-dsn.eml", "gone@example.co.uk"),
+    "ms@example.org": ("office365-ndr.eml", "nobody@contoso.example"),
+    "sm@example.org": ("sendmail-dsn.eml", "former.student@example.edu"),
+}
+
+
+class Bouncing(Capture):
+    """An upstream that accepts each copy (250) and then mails a real MTA's DSN about it
+    to the return path, through relay's feedback listener, as a remote MX would."""
+
+    def __init__(self, feedback_port: int) -> None:
+        super().__init__()
+        self.feedback_port = feedback_port
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        copy = self.messages[-1]
+        self.tasks.append(asyncio.create_task(self._bounce(copy.mail_from, copy.rcpts[0])))
+        return reply
+
+    async def _bounce(self, verp: str, rcpt: str) -> None:
+        name, final = SHAPES[rcpt]
+        text = (CORPUS / name).read_text(encoding="utf-8", errors="surrogateescape")
+        text = re.sub(r"b-[a-z2-7]{40,}@bounces\.example\.com", verp, text).replace(final, rcpt)
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=self.feedback_port, timeout=10) as c:
+            await c.sendmail("", [verp], text.encode("utf-8", "surrogateescape"))  # the null sender
+
+
+async def test_an_upstream_that_accepts_then_bounces_in_each_mtas_shape(tmp_path: Path) -> None:
+    port = free_port()
+    handler = Bouncing(port)
+    up = await Upstream(handler).start()
+    relay = RelayProcess(tmp_path, CONFIG.format(port=port), upstream_url=f"smtp://127.0.0.1:{up.port}")
+    await relay.start()
+    try:
+        await wait_for(lambda: port_open(port))
+        rcpts = sorted(SHAPES)
+        await submit(relay.smtp_port, MESSAGE.format(n=9, cset="plain"), sender="news@example.com", rcpts=rcpts)
+        bounces = await wait_for(lambda: len(events(relay, "Bounce")) == len(rcpts) and events(relay, "Bounce"))
+        await asyncio.gather(*handler.tasks)
+        assert sorted(r for r, _ in bounces) == rcpts  # each to the recipient its return path names
+        for rcpt, record in bounces:
+            b = record["bounce"]
+            assert (b["bounceType"], b["bounceSubType"]) == ("Permanent", "NoEmail"), (rcpt, b)
+            assert b["bouncedRecipients"][0]["emailAddress"] == rcpt
+            assert b["bouncedRecipients"][0]["status"].startswith("5.")
+        assert len(events(relay, "Delivery")) == len(rcpts)  # the upstream had accepted each copy
+        assert sorted(a for a, in relay.query("SELECT address FROM suppressed_addresses")) == rcpts
+    finally:
+        code = await relay.stop()
+        await up.stop()
+        assert code == 0
