@@ -222,6 +222,10 @@ def encode_quoted_printable_line(line: bytes, eol: bytes) -> bytes:
     return quoted_printable_wrap(quoted_printable_escape(line), eol)
 
 
+def needs_quoted_printable_escape(data: bytes) -> bool:
+    return _QP_UNSAFE_RE.search(data) is not None
+
+
 def quoted_printable_escape(data: bytes) -> bytes:
     """The escapes alone: byte by byte, so escaping pieces and joining them is the same
     as escaping the whole (what lets a template line be escaped once, its holes per copy)."""
@@ -233,16 +237,18 @@ def quoted_printable_wrap(encoded: bytes, eol: bytes) -> bytes:
     """An escaped hard line, its trailing white space escaped and soft-broken to length."""
     if encoded[-1:] in (b" ", b"\t"):  # trailing whitespace would be stripped in transit
         encoded = encoded[:-1] + _QP_ESCAPES[encoded[-1]]
-    if len(encoded) <= _QP_MAX_LINE:
+    end = len(encoded)
+    if end <= _QP_MAX_LINE:
         return encoded
     out = []
-    while len(encoded) > _QP_MAX_LINE:
-        cut = _QP_MAX_LINE - 1
+    start = 0
+    while end - start > _QP_MAX_LINE:  # by index: no copy of the rest per soft break
+        cut = start + _QP_MAX_LINE - 1
         if encoded[cut - 1] == 0x3D:
             cut -= 1
         elif encoded[cut - 2] == 0x3D:
             cut -= 2
-        out.append(encoded[:cut] + b"=")
-        encoded = encoded[cut:]
-    out.append(encoded)
-    return eol.join(out)
+        out.append(encoded[start:cut])
+        start = cut
+    out.append(encoded[start:])
+    return (b"=" + eol).join(out)

@@ -16,10 +16,11 @@ from .mime import (
     encode_quoted_printable_line,
     encodes_by_line,
     exceeds_line_limit,
+    needs_quoted_printable_escape,
     quoted_printable_escape,
     quoted_printable_wrap,
 )
-from .template import Template, split_lines
+from .template import Template, pixel, split_lines, write_url
 
 _IDENTITY = ("7bit", "8bit")  # "binary" (RFC 3030 BINARYMIME) has no line limit
 
@@ -50,14 +51,16 @@ class Part:
             filled = self.template.fill(open_url, click_urls)
             return encode_body(filled, self.charset, self.leaf, self.trailer)
         eol = self.leaf.eol
-        return eol.join(
-            line
-            if isinstance(line, bytes)
-            else line.render(open_url, click_urls, eol)
-            if isinstance(line, QuotedLine)
-            else encode_quoted_printable_line(line.fill(open_url, click_urls).encode(self.charset), eol)
-            for line in self.lines
-        )
+        out = []
+        for line in self.lines:
+            if line.__class__ is bytes:
+                out.append(line)
+            elif line.__class__ is QuotedLine:
+                out.append(line.render(open_url, click_urls, eol))  # type: ignore[union-attr]
+            else:
+                assert isinstance(line, Template)
+                out.append(encode_quoted_printable_line(line.fill(open_url, click_urls).encode(self.charset), eol))
+        return eol.join(out)
 
     def _render_within_limit(self, recode: Recode, open_url: str | None, click_urls: Sequence[str]) -> bytes:
         if recode.always:
@@ -124,10 +127,23 @@ class QuotedLine:
     pieces: tuple[bytes, ...]  # template.pieces, encoded in the charset and escaped
     charset: str
 
+    @cached_property
+    def _holes(self) -> tuple[tuple[int | None, str, bytes], ...]:
+        """(link index or None for the pixel, style, the escaped text after the hole)."""
+        return tuple((slot.index, slot.style, piece)
+                     for slot, piece in zip(self.template.slots, self.pieces[1:], strict=True))
+
     def render(self, open_url: str | None, click_urls: Sequence[str], eol: bytes) -> bytes:
+        # The hot loop of a copy (one call per line with a URL): Template.write inlined.
+        charset = self.charset
         out = [self.pieces[0]]
-        for text, piece in zip(self.template.write(open_url, click_urls), self.pieces[1:], strict=True):
-            out.append(quoted_printable_escape(text.encode(self.charset)))
+        for index, style, piece in self._holes:
+            if index is not None:
+                text = write_url(click_urls[index], style)
+            else:
+                text = "" if open_url is None else pixel(open_url)
+            written = text.encode(charset)
+            out.append(quoted_printable_escape(written) if needs_quoted_printable_escape(written) else written)
             out.append(piece)
         return quoted_printable_wrap(b"".join(out), eol)
 

@@ -42,7 +42,7 @@ class Template:
     def write(self, open_url: str | None, click_urls: Sequence[str]) -> list[str]:
         """What goes into each hole, in order: printable ASCII, or "" for no pixel."""
         return [
-            _write(click_urls[slot.index], slot.style)
+            write_url(click_urls[slot.index], slot.style)
             if slot.index is not None
             else ("" if open_url is None else pixel(open_url))
             for slot in self.slots
@@ -114,7 +114,7 @@ def pixel(url: str) -> str:
     )
 
 
-def _write(url: str, style: str) -> str:
+def write_url(url: str, style: str) -> str:
     url = _ascii(url)
     if style == "text":
         return url
