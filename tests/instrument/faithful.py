@@ -194,12 +194,37 @@ def _diff_text(old: str, new: str, prepared: Prepared, changes: Changes) -> None
 # tag, so after dropping pixels and merging adjacent text the two documents pair up
 # token by token, with no alignment guesswork between repeated identical tags.
 _OUTER_RE = re.compile(r"<[^<>]*>|[^<]+|<")
+# A comment is one token, whatever it holds (HTML §13.2.5.43-52): it ends at the first
+# "-->" or "--!>" ("<!-->" and "<!--->" are empty), else at the end of the document
+# (eof-in-comment). Not so inside raw text or script data, where "<!--" is text.
+_COMMENT_END_RE = re.compile(r"--!?>")
+_RAW_TEXT_RE = re.compile(r"<(script|style|title|textarea|xmp|iframe|noembed|noframes)\b[^>]*>(.*?)(</\1|\Z)",
+                          re.IGNORECASE | re.DOTALL)
+
+
+def _comment_end(text: str, start: int) -> int:
+    after = start + 4
+    for empty in (">", "->"):
+        if text.startswith(empty, after):
+            return after + len(empty)
+    end = _COMMENT_END_RE.search(text, after)
+    return len(text) if end is None else end.end()
 
 
 def _outer_tokens(text: str) -> list[str]:
+    raw = [(m.start(2), m.end(2)) for m in _RAW_TEXT_RE.finditer(text)]
     tokens: list[str] = []
     run: list[str] = []
-    for token in _OUTER_RE.findall(text):
+    pos = 0
+    while pos < len(text):
+        if text.startswith("<!--", pos) and not any(a <= pos < b for a, b in raw):
+            end = _comment_end(text, pos)
+        else:
+            m = _OUTER_RE.match(text, pos)
+            assert m is not None
+            end = m.end()
+        token = text[pos:end]
+        pos = end
         if len(token) > 1 and token[0] == "<":
             if run:
                 tokens.append("".join(run))
