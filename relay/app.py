@@ -64,7 +64,8 @@ class App:
             secrets += [generated] if generated is not None else []
         else:
             secrets = [await self.store.setting("token_secret", new_secret)]
-        self.signer = Signer([s.encode() for s in secrets])
+        keys = [s.encode() for s in secrets]
+        self.signer = Signer(keys)
 
         destinations: dict[tuple[str, str], Destination] = {}
         confirming: dict[str, str] = {}  # sns destinations with confirm_subscription: their topic
@@ -83,7 +84,7 @@ class App:
                         name, d.url, d.secret, self.store, format=d.format, topic_arn=d.topic_arn,
                         mail_destination=d.mail_destination, max_retry_seconds=config.webhook.max_retry_seconds,
                         window=config.webhook.window, base_url=config.tracking.base_url,
-                        confirm_key=secrets[0].encode() if d.confirm_subscription else None)
+                        confirm_key=keys[0] if d.confirm_subscription else None)
                     if d.confirm_subscription:
                         confirming[name] = dest.topic_arn
                 if self.primary:  # the others only write its outbox rows
@@ -106,7 +107,7 @@ class App:
         # the message); what was pending before the service started is resumed once, by
         # the primary.
         # VERP return paths are signed with the tracking secrets (a namespace of their own).
-        self.return_paths = ReturnPaths([s.encode() for s in secrets])
+        self.return_paths = ReturnPaths(keys)
         self.deliverer = Deliverer(config=config, spool=self.spool, upstream=upstream, bus=self.bus,
                                    signer=self.signer, schedule=self.schedule, metrics=self.metrics,
                                    return_paths=self.return_paths)
@@ -124,7 +125,7 @@ class App:
         self.tracking = TrackingServer(config=config, signer=self.signer, spool=self.spool, bus=self.bus,
                                        store=self.store, metrics=self.metrics)
         # SubscribeURL of confirm_subscription destinations: public, like SNS's own.
-        SubscriptionConfirmations(store=self.store, key=secrets[0].encode(),
+        SubscriptionConfirmations(store=self.store, key=keys[0],
                                   topics=confirming).register(self.tracking.app)
         await self.tracking.start(sock=self.role.tracking_socket if self.role else None)
         stack.push_async_callback(self.tracking.stop)

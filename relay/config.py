@@ -262,6 +262,12 @@ class Config:
     feedback: FeedbackConfig = FeedbackConfig()
     suppression: SuppressionConfig = SuppressionConfig()
 
+    def tracking_base_url(self, configuration_set: str | None) -> str:
+        """Where a message's tracking and unsubscribe links point: the set's own
+        (SES CustomRedirectDomain), else [tracking] base_url."""
+        cset = self.configuration_sets.get(configuration_set or "")
+        return (cset.tracking_base_url if cset is not None else None) or self.tracking.base_url
+
     def return_path_domain(self, configuration_set: str | None) -> str | None:
         """The VERP domain for a message of this set (the set's own, else the global one)."""
         cset = self.configuration_sets.get(configuration_set or "")
@@ -352,12 +358,8 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     storage = _storage(r, r.table(data, "storage"))
     webhook = _webhook(r, r.table(data, "webhook"))
     sets: dict[str, ConfigurationSet] = {}
-    for name, body in r.table(data, "configuration_sets").items():
-        key = f"configuration_sets.{name}"
-        if not NAME_RE.match(name):
-            r.fail(key, "a name of 1-64 characters A-Z a-z 0-9 - _ (SES rule)", name)
-        if not isinstance(body, dict):
-            r.fail(key, "a table", body)
+    for key, name, body in r.named_tables(data, "configuration_sets", NAME_RE,
+                                          "a name of 1-64 characters A-Z a-z 0-9 - _ (SES rule)"):
         sets[name] = _configuration_set(r, key, name, body)
     default = smtp.default_configuration_set
     if default is not None and default not in sets:
@@ -367,12 +369,8 @@ def parse(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     r.no_unknown(server_table, "server", {"processes"})
     server = ServerConfig(processes=r.integer(server_table, "server.processes", _cores()))
     dkim: dict[str, DkimDomain] = {}
-    for domain, body in r.table(data, "dkim").items():
-        key = f"dkim.{domain}"
-        if not DOMAIN_RE.match(domain):
-            r.fail(key, "a table named for a domain, like [dkim.\"example.com\"]", domain)
-        if not isinstance(body, dict):
-            r.fail(key, "a table", body)
+    for key, domain, body in r.named_tables(data, "dkim", DOMAIN_RE,
+                                            "a table named for a domain, like [dkim.\"example.com\"]"):
         dkim[domain.lower()] = _dkim(r, key, domain.lower(), body)
     feedback = _feedback(r, r.table(data, "feedback"), smtp)
     if feedback.listen is not None and admin is not None and _overlap(feedback.listen, admin.listen):
@@ -467,6 +465,19 @@ class _Reader:
         if not isinstance(v, dict):
             self.fail(key, "a table", v)
         return v
+
+    def named_tables(self, data: Mapping[str, Any], section: str, name_re: re.Pattern[str],
+                     expected: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(key, name, table) of each [section.<name>] table, its name checked."""
+        out = []
+        for name, body in self.table(data, section).items():
+            key = f"{section}.{name}"
+            if not name_re.match(name):
+                self.fail(key, expected, name)
+            if not isinstance(body, dict):
+                self.fail(key, "a table", body)
+            out.append((key, name, body))
+        return out
 
     def string(self, t: Mapping[str, Any], key: str, default: str) -> str:
         v = t.get(key.rsplit(".", 1)[-1], default)

@@ -200,7 +200,7 @@ class Deliverer:
             sender, data = self._copy(job, None, job.data, changed=False)
             return {**refused, **await self._upstream.send(sender, recipients, data)}
         assert cset is not None or prepared is None
-        base_url = (cset.tracking_base_url if cset is not None else None) or self._config.tracking.base_url
+        base_url = self._config.tracking_base_url(job.configuration_set)
         # One transaction per recipient, each with its own tokens (per-recipient attribution).
         slots = asyncio.Semaphore(self._config.upstream.connections)
 
@@ -299,8 +299,7 @@ class Deliverer:
         lists = self._list_options(job)
         if lists is None or rcpt is None or rcpt not in job.mail.destination:
             return data
-        cset = self._config.configuration_sets.get(job.configuration_set or "")
-        base_url = (cset.tracking_base_url if cset is not None else None) or self._config.tracking.base_url
+        base_url = self._config.tracking_base_url(job.configuration_set)
         token = self._signer.sign_unsubscribe(UnsubscribeClaim(
             message_id=job.message_id, recipient_index=job.mail.destination.index(rcpt), sent_at=job.accepted_at,
             contact_list=lists.contact_list, topic=lists.topic))

@@ -198,9 +198,6 @@ class DkimSigner:
             data = original
         if data is original and not changed and not (key is not None and key.sign_all):
             return Sealed(data=data, from_domain=domain)  # byte for byte: nothing to do
-        original_headers = _parse(original[:split_header_block(original)[1]])[0]
-        headers, body = _parse(data)
-        broken = self._broken(headers, body, original_headers)
         if key is not None and needs_8bitmime(data):
             # RFC 6376 §5.3: sign the 7-bit form, so an upstream without 8BITMIME (RFC 6152)
             # has nothing left to convert after the signature is made.
@@ -208,14 +205,15 @@ class DkimSigner:
                 data = to_7bit(data)
             except DowngradeError:
                 pass  # sent 8-bit (the upstream needs 8BITMIME) or refused there, as unsigned mail is
-            else:
-                headers, body = _parse(data)
-                broken = self._broken(headers, body, original_headers)
+        original_headers = _parse(original[:split_header_block(original)[1]])[0]
+        headers, body = _parse(data)
+        broken = self._broken(headers, body, original_headers)
         data = _drop_fields(data, [s.index for s in broken], headers)
         removed = tuple(s.domain for s in broken)
         if key is None:
             return Sealed(data=data, from_domain=domain, removed=removed)
-        return Sealed(data=_sign(data, key), from_domain=domain, signed_as=key.domain, removed=removed)
+        # Only DKIM-Signature fields were dropped: the fields to sign are those read above.
+        return Sealed(data=_sign(data, key, headers), from_domain=domain, signed_as=key.domain, removed=removed)
 
     def _broken(self, headers: Sequence[tuple[bytes, bytes]], body: bytes,
                 original_headers: Sequence[tuple[bytes, bytes]]) -> list[_Signature]:
@@ -351,10 +349,10 @@ def _drop_fields(data: bytes, indexes: Sequence[int], headers: Sequence[tuple[by
     return bytes(out)
 
 
-def _sign(data: bytes, key: DomainKey) -> bytes:
+def _sign(data: bytes, key: DomainKey, headers: Sequence[tuple[bytes, bytes]]) -> bytes:
     """relaxed/relaxed (survives the re-folding and white-space changes of MTAs on the way),
-    the SIGNED_HEADERS present, From oversigned; the field goes on top (RFC 6376 §5.6)."""
-    headers, _ = _parse(data)
+    the SIGNED_HEADERS present (`headers`: the copy's fields, as _parse read them), From
+    oversigned; the field goes on top (RFC 6376 §5.6)."""
     include = [n.lower() for n, _ in headers if n.lower().decode("ascii", "replace") in SIGNED_HEADERS]
     include += [n.lower() for n, _ in headers if n.lower().decode("ascii", "replace") in OVERSIGNED]
     eol = eol_of(data, 0, len(data)) or b"\r\n"  # the message's own line ending

@@ -13,12 +13,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from relay.tokens import ClaimReader, Malformed, pack_relay_id, unpack_relay_id, varint
+
 PREFIX = "b-"
 _NS = b"relay.return-path.v1\x00"
 _MAC_LEN = 12  # 96 bits: forging one address takes ~2**96 guesses over SMTP
-# A relay message id: %016x epoch ms (12 significant hex digits until year 10889), a UUID,
-# "-000000" (relay.intake.new_message_id). Packed, it is 6 + 16 bytes.
-_ID_RE = re.compile(r"0000([0-9a-f]{12})-([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{12})-000000")
+# A relay message id packs to 24 bytes (relay.tokens.pack_relay_id), the first two the
+# top of the epoch ms: zero until year 10889, so they are left out here.
+_MS_TOP = b"\0\0"
 # RFC 5321 §4.5.3.1.1: a local part is at most 64 octets. Lower-case base32: the local
 # part survives MTAs that fold case (RFC 5321 §2.4 lets them).
 MAX_LOCAL_PART = 64
@@ -78,30 +80,18 @@ def _mac(key: bytes, body: bytes) -> bytes:
 
 
 def _pack(claim: ReturnPathClaim) -> bytes | None:
-    m = _ID_RE.fullmatch(claim.message_id)
-    if m is None or not 0 <= claim.recipient_index < (1 << 21):
+    packed = pack_relay_id(claim.message_id)
+    if packed is None or packed[:2] != _MS_TOP or not 0 <= claim.recipient_index < (1 << 21):
         return None
-    index = bytearray()
-    n = claim.recipient_index
-    while True:  # LEB128, as the tracking tokens
-        byte, n = n & 0x7F, n >> 7
-        index.append(byte | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes.fromhex("".join(m.groups())) + bytes(index)
+    return packed[2:] + varint(claim.recipient_index)  # LEB128, as the tracking tokens
 
 
 def _unpack(body: bytes) -> ReturnPathClaim | None:
-    packed, rest = body[:22], body[22:]
-    index = shift = 0
-    for i, byte in enumerate(rest):
-        index |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            if i != len(rest) - 1:
-                return None
-            break
-    else:
+    reader = ClaimReader(body[22:])
+    try:
+        index = reader.varint(3)
+    except Malformed:
         return None
-    h = packed.hex()
-    return ReturnPathClaim(f"0000{h[:12]}-{h[12:20]}-{h[20:24]}-{h[24:28]}-{h[28:32]}-{h[32:44]}-000000", index)
+    if reader.at != len(reader.data):
+        return None
+    return ReturnPathClaim(unpack_relay_id(_MS_TOP + body[:22]), index)

@@ -18,8 +18,9 @@ from urllib.parse import quote, unquote_to_bytes
 from relay import legacy_tokens
 from relay.legacy_tokens import LegacyClickClaim, LegacyOpenClaim
 
-__all__ = ["MAX_LINK_PATH", "ClickClaim", "LegacyClickClaim", "LegacyOpenClaim", "OpenClaim", "Signer",
-           "UnsubscribeClaim", "click_link_fits", "decode_url", "encode_url"]
+__all__ = ["MAX_LINK_PATH", "ClaimReader", "ClickClaim", "LegacyClickClaim", "LegacyOpenClaim", "Malformed",
+           "OpenClaim", "Signer", "UnsubscribeClaim", "click_link_fits", "decode_url", "encode_url",
+           "pack_relay_id", "unpack_relay_id", "varint"]
 
 
 @dataclass(frozen=True)
@@ -202,13 +203,13 @@ def _claim_bytes(message_id: str, index: int, sent_at: float, tags: dict[str, li
         raise ValueError(f"recipient_index must be 0..{_MAX_INDEX}, not {index!r}")
     flags = _V2
     out = bytearray()
-    packed = _pack_id(message_id)
+    packed = pack_relay_id(message_id)
     if packed is not None:
         flags |= _PACKED_ID
         out += packed
     else:
         out += _string(message_id)
-    out += _varint(index)
+    out += varint(index)
     # A relay id already holds the acceptance time in ms (intake takes both from one
     # clock reading); only a different sent_at is spelled out.
     if packed is None or not abs(sent_at * 1000 - int.from_bytes(packed[:8], "big")) < 1:
@@ -219,25 +220,25 @@ def _claim_bytes(message_id: str, index: int, sent_at: float, tags: dict[str, li
         out += sent_ms.to_bytes(6, "big")
     if tags:  # omitted when empty: most links carry no tags
         flags |= _TAGS
-        out += _varint(len(tags))
+        out += varint(len(tags))
         for name, values in tags.items():
-            out += _string(name) + _varint(len(values))
+            out += _string(name) + varint(len(values))
             for value in values:
                 out += _string(value)
     return bytes([flags]) + bytes(out)
 
 
-def _pack_id(message_id: str) -> bytes | None:
+def pack_relay_id(message_id: str) -> bytes | None:
     m = _RELAY_ID_RE.fullmatch(message_id)
     return bytes.fromhex("".join(m.groups())) if m else None
 
 
-def _unpack_id(data: bytes) -> str:
+def unpack_relay_id(data: bytes) -> str:
     h = data.hex()
     return f"{h[:16]}-{h[16:24]}-{h[24:28]}-{h[28:32]}-{h[32:36]}-{h[36:48]}-000000"
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     out = bytearray()
     while True:
         low, n = n & 0x7F, n >> 7
@@ -249,20 +250,20 @@ def _varint(n: int) -> bytes:
 def _string(s: str) -> bytes:
     # surrogatepass: ids or tags decoded with surrogateescape must not make signing fail.
     data = s.encode("utf-8", "surrogatepass")
-    return _varint(len(data)) + data
+    return varint(len(data)) + data
 
 
-class _Malformed(Exception):
+class Malformed(Exception):
     pass
 
 
-class _Reader:
+class ClaimReader:
     def __init__(self, data: bytes) -> None:
         self.data, self.at = data, 0
 
     def take(self, n: int) -> bytes:
         if n > len(self.data) - self.at:
-            raise _Malformed
+            raise Malformed
         chunk = self.data[self.at : self.at + n]
         self.at += n
         return chunk
@@ -275,15 +276,15 @@ class _Reader:
             shift += 7
             if not byte & 0x80:
                 if byte == 0 and i:  # only the shortest encoding: one claim, one token
-                    raise _Malformed
+                    raise Malformed
                 return n
-        raise _Malformed
+        raise Malformed
 
     def string(self) -> str:
         try:
             return self.take(self.varint()).decode("utf-8", "surrogatepass")
         except UnicodeDecodeError:
-            raise _Malformed from None
+            raise Malformed from None
 
 
 def _parse_claim(body: bytes) -> tuple[str, int, float, dict[str, list[str]]] | None:
@@ -291,14 +292,14 @@ def _parse_claim(body: bytes) -> tuple[str, int, float, dict[str, list[str]]] | 
     flags = body[0]
     if flags == _V2 | _PACKED_ID and len(body) == 26 and body[25] < 0x80:
         # The common case: a relay id, an index below 128 (one varint byte), no tags.
-        return _unpack_id(body[1:25]), body[25], int.from_bytes(body[1:9], "big") / 1000, {}
+        return unpack_relay_id(body[1:25]), body[25], int.from_bytes(body[1:9], "big") / 1000, {}
     if flags & ~(_V2 | _PACKED_ID | _EXPLICIT_SENT | _TAGS):
         return None
-    r = _Reader(body[1:])
+    r = ClaimReader(body[1:])
     try:
         if flags & _PACKED_ID:
             packed = r.take(24)
-            message_id = _unpack_id(packed)
+            message_id = unpack_relay_id(packed)
             sent_ms = int.from_bytes(packed[:8], "big")
         else:
             message_id = r.string()
@@ -314,7 +315,7 @@ def _parse_claim(body: bytes) -> tuple[str, int, float, dict[str, list[str]]] | 
                 tags[name] = [r.string() for _ in range(r.varint())]
             if not tags:
                 return None
-    except _Malformed:
+    except Malformed:
         return None
     if r.at != len(r.data):
         return None
@@ -378,8 +379,8 @@ def click_link_fits(url: str, link_tags: dict[str, list[str]]) -> bool:
     the longest link any recipient can get ("/c/" token "/" URL), with the largest
     recipient index and an explicit sent_at.
     """
-    tag_bytes = len(_varint(len(link_tags))) if link_tags else 0
+    tag_bytes = len(varint(len(link_tags))) if link_tags else 0
     for name, values in link_tags.items():
-        tag_bytes += len(_string(name)) + len(_varint(len(values))) + sum(len(_string(v)) for v in values)
+        tag_bytes += len(_string(name)) + len(varint(len(values))) + sum(len(_string(v)) for v in values)
     body = 1 + _RELAY_ID_BYTES + _WORST_INDEX_BYTES + _WORST_SENT_BYTES + tag_bytes + _MAC_LEN
     return 3 + (4 * body + 2) // 3 + 1 + len(encode_url(url)) <= MAX_LINK_PATH

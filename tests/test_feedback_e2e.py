@@ -5,7 +5,6 @@ recorded nowhere."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import smtplib
 from pathlib import Path
@@ -17,6 +16,7 @@ from relay.intake import new_message_id
 from relay.return_path import ReturnPathClaim, ReturnPaths
 from tests.support import Capture, RelayProcess, Upstream, free_port, port_open, wait_for
 from tests.test_serve import submit
+from tests.test_tracking import db_events
 
 DOMAIN = "bounces.example.com"
 RCPTS = ["ana@example.org", "bob@example.org"]
@@ -140,11 +140,6 @@ def send_report(port: int, rcpt: str, data: bytes, sender: str = "") -> None:
         c.sendmail(sender, [rcpt], data)
 
 
-def events(relay: RelayProcess, event_type: str) -> list[tuple[str, dict]]:
-    rows = relay.query("SELECT recipient, body FROM events WHERE event_type = ? ORDER BY seq", (event_type,))
-    return [(r, json.loads(b)) for r, b in rows]
-
-
 @pytest.fixture
 async def running(tmp_path: Path):
     up = await Upstream().start()
@@ -175,7 +170,7 @@ async def test_each_copy_has_its_own_return_path_and_a_feedback_id(running) -> N
         assert b"\r\nFeedback-ID: plain:relay:relay.test\r\n" in m.data
         assert m.data.count(b"Feedback-ID:") == 1
     # mail.source stays the original envelope sender.
-    (_, send), = events(relay, "Send")
+    (_, send), = db_events(relay, "Send")
     assert send["mail"]["source"] == "news@example.com"
     assert reply.split()[1] == send["mail"]["messageId"]
 
@@ -183,10 +178,10 @@ async def test_each_copy_has_its_own_return_path_and_a_feedback_id(running) -> N
 async def test_a_dsn_becomes_a_bounce_for_that_recipient(running) -> None:
     relay, up, port = running
     await submit(relay.smtp_port, MESSAGE.format(n=2, cset="plain"), sender="news@example.com", rcpts=RCPTS)
-    await wait_for(lambda: len(up.messages) == 2 and len(events(relay, "Delivery")) == 2)
+    await wait_for(lambda: len(up.messages) == 2 and len(db_events(relay, "Delivery")) == 2)
     copy = next(m for m in up.messages if m.rcpts == ["bob@example.org"])
     send_report(port, copy.mail_from, postfix_dsn(copy.mail_from, "bob@example.org", copy.data))
-    (rcpt, bounce), = await wait_for(lambda: events(relay, "Bounce"))
+    (rcpt, bounce), = await wait_for(lambda: db_events(relay, "Bounce"))
     assert rcpt == "bob@example.org"
     b = bounce["bounce"]
     assert (b["bounceType"], b["bounceSubType"]) == ("Permanent", "NoEmail")
@@ -197,14 +192,14 @@ async def test_a_dsn_becomes_a_bounce_for_that_recipient(running) -> None:
     assert b["reportingMTA"] == "dns; mx.example.org"
     assert b["feedbackId"] and b["timestamp"].endswith("Z")
     assert bounce["mail"]["source"] == "news@example.com"
-    assert bounce["mail"]["messageId"] == events(relay, "Send")[0][1]["mail"]["messageId"]
+    assert bounce["mail"]["messageId"] == db_events(relay, "Send")[0][1]["mail"]["messageId"]
     # A hard bounce puts the address on the suppression list: the next message skips it
     # (OnAccountSuppressionList, no DSN) and still goes to its other recipient.
     (address, reason, mid), = relay.query("SELECT address, reason, message_id FROM suppressed_addresses")
     assert (address, reason, mid) == ("bob@example.org", "BOUNCE", bounce["mail"]["messageId"])
     await submit(relay.smtp_port, MESSAGE.format(n=5, cset="plain"), sender="news@example.com", rcpts=RCPTS)
-    await wait_for(lambda: len(events(relay, "Bounce")) == 2)
-    assert events(relay, "Bounce")[1][1]["bounce"]["bounceSubType"] == "OnAccountSuppressionList"
+    await wait_for(lambda: len(db_events(relay, "Bounce")) == 2)
+    assert db_events(relay, "Bounce")[1][1]["bounce"]["bounceSubType"] == "OnAccountSuppressionList"
     await wait_for(lambda: len(up.messages) == 3)
     assert up.messages[2].rcpts == ["ana@example.org"]
     # A delay warning for the other copy is not a bounce.
@@ -213,7 +208,7 @@ async def test_a_dsn_becomes_a_bounce_for_that_recipient(running) -> None:
                                                    status="4.4.1", action="delayed",
                                                    diagnostic="451 4.4.1 try again later"))
     await asyncio.sleep(0.5)
-    assert len(events(relay, "Bounce")) == 2
+    assert len(db_events(relay, "Bounce")) == 2
     assert "without a failed recipient" in relay.output()
     assert len(relay.query("SELECT address FROM suppressed_addresses")) == 1
 
@@ -225,7 +220,7 @@ async def test_an_arf_report_becomes_a_complaint(running) -> None:
     copy = next(m for m in up.messages if m.rcpts == ["ana@example.org"])
     # To the feedback-loop address: the returned original's Return-Path names the copy.
     send_report(port, "fbl@example.com", arf(copy.data, rcpt=None, return_path=copy.mail_from))
-    (rcpt, complaint), = await wait_for(lambda: events(relay, "Complaint"))
+    (rcpt, complaint), = await wait_for(lambda: db_events(relay, "Complaint"))
     assert rcpt == "ana@example.org"
     c = complaint["complaint"]
     assert c["complainedRecipients"] == [{"emailAddress": "ana@example.org"}]
@@ -236,8 +231,8 @@ async def test_an_arf_report_becomes_a_complaint(running) -> None:
     # Original-Rcpt-To find the message and recipient.
     other = next(m for m in up.messages if m.rcpts == ["bob@example.org"])
     send_report(port, "FBL@example.com", arf(other.data, rcpt="bob@example.org", return_path=None))
-    await wait_for(lambda: len(events(relay, "Complaint")) == 2)
-    assert events(relay, "Complaint")[1][0] == "bob@example.org"
+    await wait_for(lambda: len(db_events(relay, "Complaint")) == 2)
+    assert db_events(relay, "Complaint")[1][0] == "bob@example.org"
     assert sorted(relay.query("SELECT address, reason FROM suppressed_addresses")) == [
         ("ana@example.org", "COMPLAINT"), ("bob@example.org", "COMPLAINT")]
 
@@ -275,7 +270,7 @@ async def test_what_is_not_ours_is_refused_and_what_is_not_a_report_records_noth
     assert stray is not None
     send_report(port, stray, postfix_dsn(stray, "ana@example.org", up.messages[0].data))
     await asyncio.sleep(0.5)
-    assert events(relay, "Bounce") == [] and events(relay, "Complaint") == []
+    assert db_events(relay, "Bounce") == [] and db_events(relay, "Complaint") == []
     out = relay.output()
     assert "auto-reply" in out and "matches no message relay sent" in out
     assert port_open(port) and port_open(relay.smtp_port)
@@ -351,7 +346,7 @@ async def test_an_upstream_that_accepts_then_bounces_in_each_mtas_shape(tmp_path
         await wait_for(lambda: port_open(port))
         rcpts = sorted(SHAPES)
         await submit(relay.smtp_port, MESSAGE.format(n=9, cset="plain"), sender="news@example.com", rcpts=rcpts)
-        bounces = await wait_for(lambda: len(events(relay, "Bounce")) == len(rcpts) and events(relay, "Bounce"))
+        bounces = await wait_for(lambda: len(db_events(relay, "Bounce")) == len(rcpts) and db_events(relay, "Bounce"))
         await asyncio.gather(*handler.tasks)
         assert sorted(r for r, _ in bounces) == rcpts  # each to the recipient its return path names
         for rcpt, record in bounces:
@@ -359,7 +354,7 @@ async def test_an_upstream_that_accepts_then_bounces_in_each_mtas_shape(tmp_path
             assert (b["bounceType"], b["bounceSubType"]) == ("Permanent", "NoEmail"), (rcpt, b)
             assert b["bouncedRecipients"][0]["emailAddress"] == rcpt
             assert b["bouncedRecipients"][0]["status"].startswith("5.")
-        assert len(events(relay, "Delivery")) == len(rcpts)  # the upstream had accepted each copy
+        assert len(db_events(relay, "Delivery")) == len(rcpts)  # the upstream had accepted each copy
         assert sorted(a for a, in relay.query("SELECT address FROM suppressed_addresses")) == rcpts
     finally:
         code = await relay.stop()

@@ -36,7 +36,7 @@ def recipient_copy(raw: bytes, mail: dict[str, Any], index: int, *, config: Conf
         return raw  # delivery sent it untouched too (a Rendering Failure event)
     # mail.timestamp is the acceptance time to the millisecond, which is all a token keeps.
     sent_at = datetime.fromisoformat(mail["timestamp"].replace("Z", "+00:00")).timestamp()
-    return personalize(prepared, signer=signer, base_url=cset.tracking_base_url or config.tracking.base_url,
+    return personalize(prepared, signer=signer, base_url=config.tracking_base_url(cset.name),
                        https_policy=cset.https_policy, message_id=mail["messageId"], recipient_index=index,
                        sent_at=sent_at)
 
