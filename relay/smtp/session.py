@@ -16,6 +16,7 @@ from relay.config import SmtpConfig, in_networks
 from relay.limits import ConnectionLimits, LogThrottle, MemoryBudget
 from relay.smtp import replies
 from relay.smtp.auth import Authenticator, FailureBudget
+from relay.smtp.data import END, DataDecoder
 
 log = logging.getLogger("relay.smtp")
 
@@ -62,6 +63,18 @@ def admit(shared: Shared, ip: str) -> str | None:
     return replies.TOO_MANY_FROM_CLIENT.format(ip=ip) if why == "per_client" else replies.SERVER_BUSY
 
 
+async def next_piece(reader: asyncio.StreamReader) -> bytes:
+    """The stream up to its next ".\\r\\n", or a buffer's worth when it holds none."""
+    try:
+        return await reader.readuntil(END)
+    except asyncio.LimitOverrunError as e:
+        # No ".\r\n" in the buffer (or only beyond the stream's limit): take what cannot
+        # be part of one; readuntil keeps the octets that could.
+        return await reader.readexactly(e.consumed)
+    except asyncio.IncompleteReadError as e:
+        raise ConnectionResetError("connection closed during DATA") from e
+
+
 class RelaySMTP(SMTP):
     def __init__(self, handler: Any, shared: Shared, *, slot: str | None = None, **kwargs: Any) -> None:
         self._shared = shared
@@ -86,6 +99,12 @@ class RelaySMTP(SMTP):
     def _reset_timeout(self, duration: float | None = None) -> None:
         self._last_read = self.loop.time()
         super()._reset_timeout(duration)
+
+    def data_received(self, data: bytes) -> None:
+        # Idle means no octets arriving: DATA is read a piece at a time, so a slow but
+        # steady upload is alive while the piece it is sending is still incomplete.
+        self._last_read = self.loop.time()
+        super().data_received(data)
 
     def _timeout_cb(self) -> None:
         idle = self.loop.time() - self._last_read
@@ -183,51 +202,24 @@ class RelaySMTP(SMTP):
     async def _read_data(self) -> tuple[bytearray, str | None]:
         """The message, dot-unstuffed, in one buffer; or a refusal once the data has ended.
 
-        Lines end at LF: a bare-LF line is a line (RFC 5321 §4.5.3.1.6's 1000 octets apply
-        to it), not part of one long line. The end of data and the transparency dot
-        (§4.5.2) are recognised only after CRLF, as before: taking "\\n.\\n" for the end
-        would open the door to SMTP smuggling (CVE-2023-51764).
+        Read up to each ".\\r\\n" (or a buffer's worth when there is none), not line by
+        line: DataDecoder applies RFC 5321's rules to each piece (see relay/smtp/data.py).
         """
         reader = self._reader
-        buf = bytearray()
-        refusal: str | None = None
-        total = 0
-        limit = self.data_size_limit
-        after_crlf = True  # at the start of a line that follows CRLF (or of the data)
-        last = b""  # the last byte read, for a CRLF split by LimitOverrunError
+        decoder = DataDecoder(line_limit=self.line_length_limit, size_limit=self.data_size_limit)
         while True:
-            try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError as e:
-                # No LF within line_length_limit octets: drain the long line piece by piece.
-                line = await reader.read(e.consumed)
-                refusal = refusal or replies.LINE_TOO_LONG
-            except asyncio.IncompleteReadError as e:
-                raise ConnectionResetError("connection closed during DATA") from e
-            self._last_read = self.loop.time()
-            if after_crlf and line == b".\r\n":
+            done = decoder.feed(await next_piece(reader))
+            # The piece is in memory already (the stream's buffer): reserve for it now.
+            if decoder.refusal is None and not self._grow(decoder.total):
+                decoder.refuse(replies.NO_STORAGE)
+            if decoder.refusal is not None and self._reserved:
+                self._release_data()  # read on to the end, holding nothing
+            if done:
                 break
-            total += len(line)
-            if refusal is None:
-                if limit and total > limit:
-                    refusal = replies.TOO_MUCH_DATA
-                elif len(line) > self.line_length_limit:
-                    refusal = replies.LINE_TOO_LONG
-                elif not self._grow(total):
-                    refusal = replies.NO_STORAGE
-                if refusal is not None:
-                    buf = bytearray()  # keep reading to the end, holding nothing
-                    self._release_data()
-                elif after_crlf and line[:1] == b".":
-                    buf += memoryview(line)[1:]
-                else:
-                    buf += line
-            after_crlf = line.endswith(b"\r\n") or (line == b"\n" and last == b"\r")
-            last = line[-1:]
-        if refusal == replies.NO_STORAGE:
+        if decoder.refusal == replies.NO_STORAGE:
             log_throttled(self._shared.throttle, "no-storage", logging.WARNING,
                           "refused DATA: smtp.max_concurrent_data_bytes (%d) is in use", self._shared.memory.total)
-        return buf, refusal
+        return decoder.content, decoder.refusal
 
     # --- AUTH: no oracle, no guessing at speed (RFC 4954; Postfix smtpd_error_sleep_time) ---
 
