@@ -14,6 +14,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
 
 from relay.config import SmtpConfig, in_networks
 from relay.limits import ConnectionLimits, LogThrottle, MemoryBudget
+from relay.smtp import address as addresses
 from relay.smtp import replies
 from relay.smtp.auth import Authenticator, FailureBudget
 from relay.smtp.data import END, DataDecoder
@@ -132,6 +133,12 @@ class RelaySMTP(SMTP):
             ip = peer_ip(self.session.peer if self.session is not None else None)
             log_throttled(self._shared.throttle, f"mail:{ip}:552", logging.INFO, "refused MAIL from %s: %s", ip,
                           self._last_reply, extra={"outcome": "refused", "peer": ip, "reply": self._last_reply})
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        found = addresses.simple_path(arg)
+        if found is None or (self.local_part_limit and len(found[0].rpartition("@")[0]) > self.local_part_limit):
+            return super()._getaddr(arg)  # anything unusual: email's parser, as before
+        return found
 
     # --- the transaction's DATA memory -----------------------------------------------
 
