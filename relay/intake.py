@@ -34,6 +34,7 @@ class Accepted:
     configuration_set: ConfigurationSet | None
     tags: dict[str, list[str]]
     header_block: bytes  # as submitted, for the events' mail.headers
+    headers: tuple[tuple[str, str], ...] = ()  # header_block's fields (name, unfolded value), parsed once
     data: bytes  # what goes upstream: control headers removed, Received: prepended
     list_management: ListManagement | None = None  # X-SES-LIST-MANAGEMENT-OPTIONS
 
@@ -125,7 +126,8 @@ def accept(data: bytes | bytearray, *, config: Config, helo: str | None, peer_ip
         trace = trace.replace(b"\r\n", b"\n")  # keep the message's own line endings
     out = b"".join((trace, kept, memoryview(data)[len(block):]))  # no slice copy of the body
     return Accepted(message_id=mid, configuration_set=cset, tags=tags,
-                    header_block=block, data=out, list_management=lists)
+                    header_block=block, headers=tuple((f.name, f.value) for f in fields), data=out,
+                    list_management=lists)
 
 
 def _list_management(fields: list[HeaderField]) -> ListManagement | None:

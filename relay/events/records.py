@@ -86,11 +86,15 @@ def iso(ts: datetime) -> str:
 
 def mail_info(*, message_id: str, timestamp: datetime, source: str, destination: Sequence[str],
               header_block: bytes, configuration_set: str | None, message_tags: dict[str, list[str]],
-              source_ip: str, caller_identity: str | None) -> MailInfo:
-    """The MailInfo of an accepted message. Never raises on garbage headers."""
+              source_ip: str, caller_identity: str | None,
+              headers: Sequence[tuple[str, str]] = ()) -> MailInfo:
+    """The MailInfo of an accepted message. Never raises on garbage headers.
+
+    `headers`: header_block's fields when the caller has parsed them already (intake).
+    """
     if timestamp.tzinfo is None:
         raise ValueError(f"timestamp must be timezone-aware: {timestamp!r}")
-    all_headers = _parse_headers(header_block)
+    all_headers = list(headers) if headers else _parse_headers(header_block)
     kept: list[tuple[str, str]] = []
     total = 0
     for name, value in all_headers:
@@ -98,14 +102,14 @@ def mail_info(*, message_id: str, timestamp: datetime, source: str, destination:
         if total > HEADERS_LIMIT:
             break
         kept.append((name, value))
-    common = _common_headers(all_headers)
+    common, from_pairs = _common_and_from(all_headers)
 
     # Reference §3.3 auto tags, then the message's own tags (X-SES-MESSAGE-TAGS).
     tags: dict[str, list[str]] = {}
     if configuration_set:
         tags["ses:configuration-set"] = [configuration_set]
     tags["ses:source-ip"] = [source_ip]
-    domain = _from_domain(all_headers)
+    domain = _from_domain(all_headers, from_pairs)
     if domain:
         tags["ses:from-domain"] = [domain]
     if caller_identity:
@@ -338,28 +342,35 @@ def _parse_headers(block: bytes) -> list[tuple[str, str]]:
     return [(f.name, f.value) for f in header_fields(split_header_block(block)[0])]
 
 
-def _common_headers(headers: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """SES commonHeaders from the first occurrence of each field, RFC 2047 words decoded."""
+def _common_and_from(headers: Sequence[tuple[str, str]]) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+    """SES commonHeaders from the first occurrence of each field, RFC 2047 words decoded;
+    and the first From field's _addresses() (None without one), for ses:from-domain."""
     first: dict[str, str] = {}
     for name, value in headers:
         first.setdefault(name.lower(), value)
     common: dict[str, Any] = {}
+    from_pairs: list[tuple[str, str]] | None = None
     for field, key in _ADDRESS_HEADERS:
         if field in first:
-            common[key] = [text for text, _ in _addresses(field, first[field])]
+            pairs = _addresses(field, first[field])
+            if field == "from":
+                from_pairs = pairs
+            common[key] = [text for text, _ in pairs]
     if "date" in first:
         common["date"] = first["date"]
     if "message-id" in first:
         common["messageId"] = first["message-id"]
     if "subject" in first:
         common["subject"] = _unstructured(first["subject"])
-    return common
+    return common, from_pairs
 
 
-def _from_domain(headers: Sequence[tuple[str, str]]) -> str | None:
+def _from_domain(headers: Sequence[tuple[str, str]],
+                 from_pairs: list[tuple[str, str]] | None = None) -> str | None:
+    """The first From address's domain; from_pairs: its _addresses() when known."""
     for name, value in headers:
         if name.lower() == "from":
-            for _, addr_spec in _addresses("from", value):
+            for _, addr_spec in from_pairs if from_pairs is not None else _addresses("from", value):
                 domain = addr_spec.rpartition("@")[2].strip().lower()
                 if "@" in addr_spec and domain:
                     return domain

@@ -137,7 +137,7 @@ class IntakeHandler:
         cset = accepted.configuration_set
         mail = records.mail_info(
             message_id=accepted.message_id, timestamp=now_dt, source=sender,
-            destination=rcpts, header_block=accepted.header_block,
+            destination=rcpts, header_block=accepted.header_block, headers=accepted.headers,
             configuration_set=cset.name if cset else None, message_tags=accepted.tags,
             source_ip=peer, caller_identity=_auth_user(session),
         )

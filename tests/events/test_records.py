@@ -377,3 +377,17 @@ def test_hit_json_keeps_lone_surrogates_as_the_bus_does() -> None:
                                    ip_address="1.2.3.4", user_agent=ua) == json.dumps(
         records.open_event(mail, recipient="r", timestamp=ts, ip_address="1.2.3.4", user_agent=ua),
         separators=(",", ":"), ensure_ascii=False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from([
+    b"From: News <News@Mail.Example.COM>\r\n", b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.org>\r\n",
+    b"From: nobody\r\n", b"To: a@x.y, Team: b@x.y;\r\n", b"Subject: =?utf-8?q?a?=\r\n =?utf-8?q?b?=\r\n",
+    b"Cc: c@x.y\r\n", b"X-Long: " + b"v" * 3000 + b"\r\n", b"Date: Thu, 27 Nov 2025 12:00:00 +0000\r\n",
+    b"Message-ID: <m@x.y>\r\n", b"garbage line\r\n", b" continuation\r\n", b"Reply-To: r@x.y\r\n",
+]), max_size=10).map(b"".join))
+def test_headers_parsed_by_intake_give_the_same_mail(block: bytes) -> None:
+    # intake hands mail_info the fields it parsed (one parse per message, not two)
+    from relay.headers import header_fields
+    parsed = tuple((f.name, f.value) for f in header_fields(block))
+    assert info(header_block=block, headers=parsed) == info(header_block=block)
