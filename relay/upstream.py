@@ -1,5 +1,9 @@
 # Where mail goes: an SMTP upstream through a pool of reused aiosmtplib
-# connections (RSET between messages), or a local Maildir for development.
+# connections, or a local Maildir for development. A connection idle for a while, or
+# whose last transaction did not end cleanly, gets an RSET before reuse (RFC 5321
+# §4.1.1.5: it checks the connection too); one back from a transaction a moment ago
+# goes straight to MAIL, and if it turns out to be gone there, nothing was accepted,
+# so the transaction is tried once more on a new connection.
 # Every outcome is reported per recipient as a Reply; nothing here raises.
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ from relay.outcomes import Reply
 
 log = logging.getLogger("relay.upstream")
 
+# A connection idle at most this long is reused without an RSET round trip first.
+PROBE_AFTER = 1.0
+
 
 class Upstream(Protocol):
     async def send(self, mail_from: str, recipients: Sequence[str], data: bytes) -> dict[str, Reply]: ...
@@ -37,7 +44,8 @@ class SmtpUpstream:
     def __init__(self, config: UpstreamConfig, *, local_hostname: str) -> None:
         self._config = config
         self._local_hostname = local_hostname
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []  # with the loop time it went idle
+        self._unclean: set[aiosmtplib.SMTP] = set()  # DATA was refused: the server may hold a transaction
         self._slots = asyncio.Semaphore(config.connections)
         self._remote = f"{config.host}"
         self._tls: ssl.SSLContext | None = None
@@ -51,8 +59,19 @@ class SmtpUpstream:
         async with self._slots:
             client: aiosmtplib.SMTP | None = None
             try:
-                client = await self._acquire()
-                replies = await self._transaction(client, mail_from, recipients, data)
+                client, checked = await self._acquire()
+                try:
+                    replies = await self._transaction(client, mail_from, recipients, data)
+                except _Stale as stale:
+                    self._discard(client)
+                    client = None
+                    if checked:
+                        raise stale.cause from None
+                    client = await self._connect()
+                    try:
+                        replies = await self._transaction(client, mail_from, recipients, data)
+                    except _Stale as again:
+                        raise again.cause from None
             except _StepFailed as e:
                 self._discard(client)
                 return {r: e.reply for r in recipients}
@@ -73,32 +92,39 @@ class SmtpUpstream:
                 reply = Reply(0, f"upstream {self._config.safe_url}: internal error: {type(e).__name__}: {e}",
                               self._remote)
                 return {r: reply for r in recipients}
-            self._idle.append(client)
+            self._idle.append((client, asyncio.get_running_loop().time()))
             return replies
 
     async def close(self) -> None:
         while self._idle:
-            client = self._idle.pop()
+            client, _ = self._idle.pop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.quit(), 5)
             client.close()
 
     def _discard(self, client: aiosmtplib.SMTP | None) -> None:
         if client is not None:
+            self._unclean.discard(client)
             with contextlib.suppress(Exception):
                 client.close()
 
-    async def _acquire(self) -> aiosmtplib.SMTP:
+    async def _acquire(self) -> tuple[aiosmtplib.SMTP, bool]:
+        """A connection, and whether it is known to work (new, or just answered RSET)."""
+        now = asyncio.get_running_loop().time()
         while self._idle:
-            client = self._idle.pop()
+            client, since = self._idle.pop()
             if not client.is_connected:
+                self._discard(client)
                 continue
+            if client not in self._unclean and now - since <= PROBE_AFTER:
+                return client, False
             try:
                 await client.rset()  # RFC 5321 §4.1.1.5: a clean transaction on a reused connection
-                return client
+                self._unclean.discard(client)
+                return client, True
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
                 self._discard(client)
-        return await self._connect()
+        return await self._connect(), True
 
     async def _connect(self) -> aiosmtplib.SMTP:
         c = self._config
@@ -150,8 +176,13 @@ class SmtpUpstream:
         enc = "utf-8" if utf8 else "ascii"
         try:
             await client.mail(mail_from, options=options, encoding=enc)
+        except aiosmtplib.SMTPServerDisconnected as e:
+            raise _Stale(e) from None  # gone before anything was accepted
         except aiosmtplib.SMTPResponseException as e:
-            raise _StepFailed(Reply(e.code, f"MAIL FROM: {e.message}", self._remote)) from None
+            failed = _StepFailed(Reply(e.code, f"MAIL FROM: {e.message}", self._remote))
+            if e.code == 421:  # RFC 5321 §3.8: the server is closing this connection
+                raise _Stale(failed) from None
+            raise failed from None
         replies: dict[str, Reply] = {}
         accepted: list[str] = []
         for rcpt in recipients:
@@ -172,6 +203,7 @@ class SmtpUpstream:
             done = Reply(r.code, r.message, self._remote)
         except aiosmtplib.SMTPResponseException as e:
             done = Reply(e.code, e.message, self._remote)
+            self._unclean.add(client)  # refused at DATA or after it: RSET before the next MAIL
         for rcpt in accepted:  # SMTP gives one DATA reply for all accepted recipients
             replies[rcpt] = done
         return replies
@@ -181,6 +213,14 @@ class _StepFailed(Exception):
     def __init__(self, reply: Reply) -> None:
         super().__init__(str(reply))
         self.reply = reply
+
+
+class _Stale(Exception):
+    """MAIL found the connection gone or closing: nothing was accepted on it."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class MaildirUpstream:
