@@ -349,19 +349,31 @@ def webhook_group() -> None:
     """Dead letters: webhook events refused for [webhook] max_retry_seconds (or with a 4xx, 3 times)."""
 
 
-destination_option = click.option("--destination", default=None, metavar="SET/NAME",
-                                  help="Only this webhook destination, e.g. default/hook")
+destination_option = click.option("--destination", default=None, metavar="[SET/]NAME",
+                                  help="Only this webhook destination: SET/NAME (e.g. default/hook), or "
+                                       "NAME when one configuration set has it")
 
 
 def _destination(cfg: config_mod.Config, name: str | None) -> str | None:
-    """--destination set/name; one that is not configured (any more) is read anyway, with a warning."""
+    """--destination SET/NAME, or a bare NAME that names one configured webhook destination;
+    a SET/NAME that is not configured (any more) is read anyway, with a warning."""
     if name is None:
         return None
-    cset, slash, dest = name.partition("/")
-    if not slash or not config_mod.NAME_RE.match(cset) or not config_mod.NAME_RE.match(dest):
-        _fail(f"--destination: expected SET/NAME (e.g. default/hook), got {name!r}")
     known = [f"{c.name}/{d.name}" for c in cfg.configuration_sets.values()
              for d in c.event_destinations if d.type == "webhook"]
+    cset, slash, dest = name.partition("/")
+    if not slash and config_mod.NAME_RE.match(name):
+        # Destination names are unique within a set only (SES), so a bare NAME must be unambiguous.
+        matches = [k for k in known if k.partition("/")[2] == name]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            _fail(f"--destination: {name!r} is a webhook destination of several configuration sets "
+                  f"({', '.join(matches)}): give SET/NAME")
+        _fail(f"--destination: no webhook destination named {name!r} in {cfg.source} "
+              f"(configured: {', '.join(known) or 'none'}); give SET/NAME for one no longer configured")
+    if not slash or not config_mod.NAME_RE.match(cset) or not config_mod.NAME_RE.match(dest):
+        _fail(f"--destination: expected SET/NAME or NAME (e.g. default/hook or hook), got {name!r}")
     if name not in known:
         click.echo(f"relay: warning: {name!r} is not a webhook destination in {cfg.source} "
                    f"(configured: {', '.join(known) or 'none'}); reading the storage file anyway", err=True)
