@@ -131,3 +131,38 @@ def test_a_bare_destination_name_must_name_one_webhook_destination(tmp_path: Pat
                                 "--config", str(path)], capture_output=True, text=True, timeout=60)
             assert (r.returncode, r.stdout) == (2, "")
             assert r.stderr.startswith(f"relay: --destination: {why}") and r.stderr.count("\n") == 1
+
+
+async def test_replay_leaves_the_dead_letters_of_unconfigured_destinations_listed(tmp_path: Path) -> None:
+    """Re-queued for a destination no relay runs, an event would wait in the outbox unseen:
+    replay takes only the configured destinations' and says which stay listed."""
+    from relay.store import Store, webhooks
+
+    db = tmp_path / "relay.db"
+    store = Store(str(db))
+    await store.open()
+    try:
+        for n, dest in enumerate(["app/hook", "old/gone", "app/hook"]):
+            await store.write([(webhooks.INSERT, (f"e{n}", dest, f"m{n}", '{"eventType":"Send"}', 0.0))])
+            [(seq,)] = await store.fetchall("SELECT seq FROM webhook_outbox WHERE event_id = ?", (f"e{n}",))
+            await store.write(webhooks.bury(seq, attempts=3, refused_since=0.0, now=1.0, reason="HTTP 500"))
+    finally:
+        await store.close()
+    path = tmp_path / "relay.toml"
+    path.write_text(f'[storage]\npath = "{db}"\n[configuration_sets.app]\n'
+                    '[[configuration_sets.app.event_destinations]]\nname = "hook"\ntype = "webhook"\n'
+                    'url = "http://127.0.0.1:9/hook"\nmatching_event_types = ["send"]\n')
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "relay.cli", "webhook", *args, "--config", str(path)],
+                              capture_output=True, text=True, timeout=60)
+
+    r = run("replay", "--destination", "old/gone")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.startswith("relay: --destination: 'old/gone' is not a webhook destination in") and (
+        "nothing would post its dead letters" in r.stderr and r.stderr.count("\n") == 1)
+    r = run("replay")
+    assert (r.returncode, r.stdout) == (0, "2 dead letter(s) re-queued\n")
+    assert r.stderr == f"relay: warning: dead letters of destinations not in {path} stay listed: old/gone\n"
+    r = run("dead-letters", "--json")
+    assert [(d["destination"], d["event_id"]) for d in json.loads(r.stdout)] == [("old/gone", "e1")]
