@@ -349,19 +349,40 @@ def webhook_group() -> None:
     """Dead letters: webhook events refused for [webhook] max_retry_seconds (or with a 4xx, 3 times)."""
 
 
-destination_option = click.option("--destination", default=None, metavar="SET/NAME",
-                                  help="Only this webhook destination, e.g. default/hook")
+destination_option = click.option("--destination", default=None, metavar="[SET/]NAME",
+                                  help="Only this webhook destination: SET/NAME (e.g. default/hook), or "
+                                       "NAME when one configuration set has it")
 
 
-def _destination(cfg: config_mod.Config, name: str | None) -> str | None:
-    """--destination set/name; one that is not configured (any more) is read anyway, with a warning."""
+def _webhooks(cfg: config_mod.Config) -> list[str]:
+    """The configured webhook destinations, as "set/name"."""
+    return [f"{c.name}/{d.name}" for c in cfg.configuration_sets.values()
+            for d in c.event_destinations if d.type == "webhook"]
+
+
+def _destination(cfg: config_mod.Config, name: str | None, *, configured: bool = False) -> str | None:
+    """--destination SET/NAME, or a bare NAME that names one configured webhook destination;
+    a SET/NAME that is not configured (any more) is read anyway, with a warning (refused
+    when `configured`)."""
     if name is None:
         return None
+    known = _webhooks(cfg)
     cset, slash, dest = name.partition("/")
+    if not slash and config_mod.NAME_RE.match(name):
+        # Destination names are unique within a set only (SES), so a bare NAME must be unambiguous.
+        matches = [k for k in known if k.partition("/")[2] == name]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            _fail(f"--destination: {name!r} is a webhook destination of several configuration sets "
+                  f"({', '.join(matches)}): give SET/NAME")
+        _fail(f"--destination: no webhook destination named {name!r} in {cfg.source} "
+              f"(configured: {', '.join(known) or 'none'}); give SET/NAME for one no longer configured")
     if not slash or not config_mod.NAME_RE.match(cset) or not config_mod.NAME_RE.match(dest):
-        _fail(f"--destination: expected SET/NAME (e.g. default/hook), got {name!r}")
-    known = [f"{c.name}/{d.name}" for c in cfg.configuration_sets.values()
-             for d in c.event_destinations if d.type == "webhook"]
+        _fail(f"--destination: expected SET/NAME or NAME (e.g. default/hook or hook), got {name!r}")
+    if name not in known and configured:
+        _fail(f"--destination: {name!r} is not a webhook destination in {cfg.source} (configured: "
+              f"{', '.join(known) or 'none'}): nothing would post its dead letters; configure it again first")
     if name not in known:
         click.echo(f"relay: warning: {name!r} is not a webhook destination in {cfg.source} "
                    f"(configured: {', '.join(known) or 'none'}); reading the storage file anyway", err=True)
@@ -393,10 +414,23 @@ def replay_command(config_path: str | None, destination: str | None) -> None:
     from relay.store import webhooks
 
     cfg = _load(config_path)
-    name = _destination(cfg, destination)
+    name = _destination(cfg, destination, configured=True)
+    # Only destinations this configuration runs: another's rows would wait in the outbox
+    # with no sender, out of the dead-letter list; they stay listed instead.
+    targets = [name] if name else _webhooks(cfg)
 
-    n = _query(cfg, lambda store: webhooks.replay(store, name, now=time.time()), write=True)
+    async def replay(store: Store) -> tuple[int, list[str]]:
+        n = 0
+        for target in targets:
+            n += await webhooks.replay(store, target, now=time.time())
+        left = [] if name else [d for d, _ in await webhooks.dead_letter_counts(store) if d not in targets]
+        return n, sorted(left)
+
+    n, left = _query(cfg, replay, write=True)
     click.echo(f"{n} dead letter(s) re-queued" + (f" for {name}" if name else ""))
+    if left:
+        click.echo(f"relay: warning: dead letters of destinations not in {cfg.source} stay listed: "
+                   f"{', '.join(left)}", err=True)
 
 
 @main.group("suppression", cls=_Group, short_help="The account suppression list: list, add, remove, import, export.")

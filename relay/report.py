@@ -159,4 +159,4 @@ def dead_letters_text(rows: Sequence[Mapping[str, Any]]) -> str:
         return "No dead letters."
     return "\n".join(table(["Dead since", "Destination", "Event", "Message", "Attempts", "Last refusal"],
                            [[r["dead_at"], r["destination"], r["event_id"], r["message_id"], r["attempts"], r["reason"]]
-                            for r in rows]))
+                            for r in rows], "<<<<><"))

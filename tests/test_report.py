@@ -75,3 +75,16 @@ def test_timeline_rows() -> None:
 
 def test_messages_text_empty() -> None:
     assert report.messages_text([]) == "No messages."
+
+
+def test_dead_letters_text_aligns_text_left_and_attempts_right() -> None:
+    rows = [{"dead_at": "2026-11-30T00:24:36.600Z", "destination": "default/snshook", "event_id": "e-1",
+             "message_id": "0000-m", "attempts": 12, "reason": "HTTP 500"},
+            {"dead_at": "2026-11-30T00:24:43.641Z", "destination": "app/hook", "event_id": "event-22",
+             "message_id": "0000-message", "attempts": 3, "reason": "cannot connect: Connection refused"}]
+    assert report.dead_letters_text(rows).splitlines() == [
+        "Dead since                Destination      Event     Message       Attempts  Last refusal",
+        "2026-11-30T00:24:36.600Z  default/snshook  e-1       0000-m              12  HTTP 500",
+        "2026-11-30T00:24:43.641Z  app/hook         event-22  0000-message         3  cannot connect: Connection refused",
+    ]
+    assert report.dead_letters_text([]) == "No dead letters."

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 ANYMAIL_SECRET = "relay:hook-secret-for-tests"  # anymail's WEBHOOK_SECRET, "user:password"
+RELAY_SECRET = "relay-hmac-secret"  # the django-ses destination's `secret`
 
 SETTINGS: dict[str, Any] = {
     "SECRET_KEY": "relay-tests-only",
@@ -20,18 +21,40 @@ SETTINGS: dict[str, Any] = {
     # django-ses: relay cannot sign as AWS; relay's HMAC headers are there to check instead.
     "AWS_SES_VERIFY_EVENT_SIGNATURES": False,
     "AWS_SNS_EVENT_TRUSTED_TOPIC_ARNS": ["arn:aws:sns:relay:000000000000:app-djses"],  # relay's default ARN
+    "RELAY_WEBHOOK_SECRET": RELAY_SECRET,  # the destination's secret, checked by RelayEventWebhookView
     # anymail: basic auth in relay's webhook URL; no SNS API to confirm a subscription with.
     "ANYMAIL": {"WEBHOOK_SECRET": ANYMAIL_SECRET, "AMAZON_SES_AUTO_CONFIRM_SNS_SUBSCRIPTIONS": False},
 }
 
 
+def _relay_view() -> Any:
+    """The README's RelayEventWebhookView, as written there: relay's HMAC instead of AWS's signature."""
+    import hashlib
+    import hmac
+    import time
+
+    from django.conf import settings
+    from django.http import HttpResponse
+    from django_ses.views import SESEventWebhookView
+
+    class RelayEventWebhookView(SESEventWebhookView):
+        def post(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+            ts = request.headers.get("X-Relay-Timestamp", "")
+            mac = hmac.new(settings.RELAY_WEBHOOK_SECRET.encode(), ts.encode() + b"." + request.body, hashlib.sha256)
+            if not (ts.isdigit() and abs(time.time() - int(ts)) <= 300
+                    and hmac.compare_digest("v1=" + mac.hexdigest(), request.headers.get("X-Relay-Signature", ""))):
+                return HttpResponse(status=401)  # not from relay, altered, or replayed
+            return super().post(request, *args, **kwargs)
+
+    return RelayEventWebhookView
+
+
 def _urls() -> list[Any]:
     from anymail.webhooks.amazon_ses import AmazonSESTrackingWebhookView
     from django.urls import path
-    from django_ses.views import SESEventWebhookView
 
     return [
-        path("ses/event-webhook/", SESEventWebhookView.as_view()),
+        path("ses/event-webhook/", _relay_view().as_view()),
         path("anymail/amazon_ses/tracking/", AmazonSESTrackingWebhookView.as_view()),
     ]
 

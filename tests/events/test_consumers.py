@@ -16,7 +16,7 @@ import aiohttp
 import aiosmtplib
 import pytest
 
-from tests.events.django_site import ANYMAIL_SECRET, DjangoServer
+from tests.events.django_site import ANYMAIL_SECRET, RELAY_SECRET, DjangoServer
 from tests.support import Capture, RelayProcess, Upstream, free_port, port_open, wait_for
 
 TYPES = '["send", "delivery", "bounce", "open", "click"]'
@@ -98,7 +98,7 @@ def config(django_port: int) -> str:
         "[configuration_sets.app]\n"
         "[[configuration_sets.app.event_destinations]]\n"
         f'name = "djses"\ntype = "webhook"\nformat = "sns"\nurl = "http://{base}/ses/event-webhook/"\n'
-        f'secret = "relay-hmac-secret"\nmatching_event_types = {TYPES}\n'
+        f'secret = "{RELAY_SECRET}"\nmatching_event_types = {TYPES}\n'
         "[[configuration_sets.app.event_destinations]]\n"
         f'name = "anymail"\ntype = "webhook"\nformat = "sns"\nmail_destination = "recipient"\n'
         f'url = "http://{user}:{password}@{base}/anymail/amazon_ses/tracking/"\nmatching_event_types = {TYPES}\n'
@@ -168,6 +168,7 @@ async def test_django_ses_and_anymail_consume_relay_events(
         assert e.esp_event["mail"]["messageId"] == message_id
     [clicked] = [e for e in signals.anymail if e.event_type == "clicked"]
     assert clicked.click_url == LINK
+    assert clicked.esp_event["click"]["linkTags"] == {"campaign": ["spring"], "slot": ["hero"]}  # as SES has them
     [bounced] = [e for e in signals.anymail if e.event_type == "bounced"]
     assert "Permanent" in bounced.description
     assert len({e.event_id for e in signals.anymail if e.event_type != "sent"}) == 5  # SNS MessageIds
@@ -213,3 +214,39 @@ async def test_consumers_read_bounces_and_complaints_from_the_feedback_loop(
     assert got == [("bounced", "bob@example.org"), ("complained", "ana@example.org")]
     for e in signals.anymail:
         assert e.message_id == message_id
+
+
+def test_django_ses_view_of_the_readme_refuses_what_relay_did_not_sign(
+        django_server: DjangoServer, signals: Signals) -> None:
+    """With AWS's signature check off, the README's RelayEventWebhookView checks relay's
+    X-Relay-Signature: a forged, altered or stale notification is refused (401), no signal."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    from relay.events.webhook import sign
+
+    record = {"eventType": "Send", "mail": {"messageId": "m-1", "destination": ["ana@example.org"]}, "send": {}}
+    body = json.dumps({"Type": "Notification", "MessageId": "n-1", "TopicArn": "arn:aws:sns:relay:000000000000:app-djses",
+                       "Message": json.dumps(record), "Timestamp": "2026-01-01T00:00:00.000Z"})
+
+    def post(data: str, ts: int, signature: str | None) -> int:
+        headers = {"Content-Type": "text/plain; charset=UTF-8", "X-Relay-Timestamp": str(ts)}
+        if signature is not None:
+            headers["X-Relay-Signature"] = signature
+        req = urllib.request.Request(f"http://127.0.0.1:{django_server.port}/ses/event-webhook/",
+                                     data=data.encode(), headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    now = int(time.time())
+    assert post(body, now, None) == 401  # unsigned
+    assert post(body, now, sign("not-the-secret", str(now), body)) == 401  # forged
+    assert post(body.replace("m-1", "m-2"), now, sign(RELAY_SECRET, str(now), body)) == 401  # altered
+    assert post(body, now - 600, sign(RELAY_SECRET, str(now - 600), body)) == 401  # replayed later
+    assert signals.count() == (0, 0)
+    assert post(body, now, sign(RELAY_SECRET, str(now), body)) == 200  # what relay sends
+    assert [(name, mail["messageId"]) for name, mail, _ in signals.ses] == [("send", "m-1")]

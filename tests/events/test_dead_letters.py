@@ -106,7 +106,8 @@ async def test_refused_event_is_dead_lettered_then_replayed(tmp_path: Path, endp
             assert 'relay_webhook_dead_letters{destination="app/hook"} 1.0' in await r.text()
 
         endpoint.accept.set()
-        assert "1 dead letter(s) re-queued" in cli(relay, "webhook", "replay", "--destination", "app/hook")
+        # A bare NAME is enough when one configuration set has a webhook destination of that name.
+        assert "1 dead letter(s) re-queued for app/hook" in cli(relay, "webhook", "replay", "--destination", "hook")
         await wait_for(lambda: ("Send", "first") in endpoint.delivered, 20)
         assert dead_letters(relay) == []
         assert "No dead letters." in cli(relay, "webhook", "dead-letters")
@@ -114,4 +115,54 @@ async def test_refused_event_is_dead_lettered_then_replayed(tmp_path: Path, endp
     finally:
         assert await relay.stop() == 0
         await upstream.stop()
-    assert "moved to the dead letters" in relay.output()
+    assert relay.output().count("moved to the dead letters") == 1  # logged once
+
+
+def test_a_bare_destination_name_must_name_one_webhook_destination(tmp_path: Path) -> None:
+    hook = 'type = "webhook"\nurl = "http://127.0.0.1:9/hook"\nmatching_event_types = ["send"]\n'
+    path = tmp_path / "relay.toml"
+    path.write_text(f'[storage]\npath = "{tmp_path / "relay.db"}"\n' + "".join(
+        f'[configuration_sets.{s}]\n[[configuration_sets.{s}.event_destinations]]\nname = "hook"\n{hook}'
+        for s in ("a", "b")))
+    for command in ("dead-letters", "replay"):
+        for name, why in [("hook", "'hook' is a webhook destination of several configuration sets (a/hook, b/hook)"),
+                          ("nope", "no webhook destination named 'nope'")]:
+            r = subprocess.run([sys.executable, "-m", "relay.cli", "webhook", command, "--destination", name,
+                                "--config", str(path)], capture_output=True, text=True, timeout=60)
+            assert (r.returncode, r.stdout) == (2, "")
+            assert r.stderr.startswith(f"relay: --destination: {why}") and r.stderr.count("\n") == 1
+
+
+async def test_replay_leaves_the_dead_letters_of_unconfigured_destinations_listed(tmp_path: Path) -> None:
+    """Re-queued for a destination no relay runs, an event would wait in the outbox unseen:
+    replay takes only the configured destinations' and says which stay listed."""
+    from relay.store import Store, webhooks
+
+    db = tmp_path / "relay.db"
+    store = Store(str(db))
+    await store.open()
+    try:
+        for n, dest in enumerate(["app/hook", "old/gone", "app/hook"]):
+            await store.write([(webhooks.INSERT, (f"e{n}", dest, f"m{n}", '{"eventType":"Send"}', 0.0))])
+            [(seq,)] = await store.fetchall("SELECT seq FROM webhook_outbox WHERE event_id = ?", (f"e{n}",))
+            await store.write(webhooks.bury(seq, attempts=3, refused_since=0.0, now=1.0, reason="HTTP 500"))
+    finally:
+        await store.close()
+    path = tmp_path / "relay.toml"
+    path.write_text(f'[storage]\npath = "{db}"\n[configuration_sets.app]\n'
+                    '[[configuration_sets.app.event_destinations]]\nname = "hook"\ntype = "webhook"\n'
+                    'url = "http://127.0.0.1:9/hook"\nmatching_event_types = ["send"]\n')
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "relay.cli", "webhook", *args, "--config", str(path)],
+                              capture_output=True, text=True, timeout=60)
+
+    r = run("replay", "--destination", "old/gone")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.startswith("relay: --destination: 'old/gone' is not a webhook destination in") and (
+        "nothing would post its dead letters" in r.stderr and r.stderr.count("\n") == 1)
+    r = run("replay")
+    assert (r.returncode, r.stdout) == (0, "2 dead letter(s) re-queued\n")
+    assert r.stderr == f"relay: warning: dead letters of destinations not in {path} stay listed: old/gone\n"
+    r = run("dead-letters", "--json")
+    assert [(d["destination"], d["event_id"]) for d in json.loads(r.stdout)] == [("old/gone", "e1")]
