@@ -397,6 +397,10 @@ async def test_messages_list(world: World) -> None:
     assert [r["message_id"] for r in only] == [world.ids["m2"]]
     to_eve = await cli_json(world.relay, "messages", "--json", "--recipient", "eve@example.org")
     assert [r["message_id"] for r in to_eve] == [world.ids["m3"]]
+    m2_on = rows[[r["message_id"] for r in rows].index(world.ids["m2"])]["timestamp"]
+    since_m2 = await cli_json(world.relay, "messages", "--json", "--since", m2_on)
+    assert world.ids["m2"] in [r["message_id"] for r in since_m2] and world.ids["m1"] not in [
+        r["message_id"] for r in since_m2]
     code, out, err = await cli(world.relay, "messages", "--configuration-set", "")
     assert code == 0 and world.ids["m4"] in out and world.ids["m1"] not in out
 
