@@ -8,6 +8,8 @@ import email
 import json
 import mailbox
 import signal
+import subprocess
+import sys
 from email import policy
 from pathlib import Path
 
@@ -419,5 +421,24 @@ async def test_serve_prunes_raw_events_on_its_own_and_keeps_the_counters(upstrea
         assert relay.query("SELECT metric, sum(count) FROM stats_hourly WHERE metric IN ('send', 'delivery') "
                            "GROUP BY metric ORDER BY metric") == [("delivery", 1), ("send", 1)]
         assert [e["eventType"] for e in events(relay)] == ["Send", "Delivery"]
+    finally:
+        assert await relay.stop() == 0
+
+
+async def test_check_config_prints_the_warnings_serve_logs(tmp_path: Path) -> None:
+    """`relay check-config` prints on stderr the same start-up warnings `relay serve` logs."""
+    relay = RelayProcess(tmp_path, PLAIN_SET)
+    relay.config_path.write_text(relay.config_path.read_text().replace(
+        'hostname = "relay.test"\n', 'hostname = "relay.test"\nmax_recipients = 20000\n'))
+    checked = subprocess.run([sys.executable, "-m", "relay.cli", "check-config", "--config", str(relay.config_path)],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert checked.returncode == 0 and "OK" in checked.stdout
+    warnings = [line.removeprefix("relay: warning: ") for line in checked.stderr.splitlines()]
+    assert len(warnings) == 1 and "smtp.max_recipients is 20000" in warnings[0]
+    await relay.start()
+    try:
+        await wait_for(lambda: "smtp.max_recipients" in relay.output())
+        logged = [line for line in relay.output().splitlines() if " WARNING " in line]
+        assert logged and all(line.endswith(" WARNING relay: " + warnings[0]) for line in logged), logged
     finally:
         assert await relay.stop() == 0
