@@ -21,7 +21,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from relay.events.records import iso
-from tests.support import Capture, RelayProcess, Upstream, free_port, wait_for
+from tests.support import Capture, RelayProcess, Upstream, free_port, port_open, wait_for
 from tests.test_serve import submit
 from tests.test_tracking import urls_in
 
@@ -34,8 +34,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 M1_RCPTS = ["slow@example.org", "ana@example.org", "bob@example.org", "bad@example.org"]
 
 
-def config(hook_port: int) -> str:
+def config(hook_port: int, admin_port: int) -> str:
     return f"""
+[admin]
+listen = "127.0.0.1:{admin_port}"
 [configuration_sets.news]
 [[configuration_sets.news.event_destinations]]
 name = "db"
@@ -116,8 +118,8 @@ class Receiver:
 
 class World:
     def __init__(self, relay: RelayProcess, up: Upstream, receiver: Receiver, ids: dict[str, str],
-                 since: datetime, until: datetime) -> None:
-        self.relay, self.up, self.receiver, self.ids = relay, up, receiver, ids
+                 since: datetime, until: datetime, admin: str) -> None:
+        self.relay, self.up, self.receiver, self.ids, self.admin = relay, up, receiver, ids, admin
         self.period = ("--since", iso(since), "--until", iso(until))
         self.since, self.until = iso(since), iso(until)
 
@@ -135,9 +137,11 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     up = await Upstream(Capture(data_replies=["451 4.3.0 try later"],
                                 rcpt_replies={"bad@example.org": "550 5.1.1 user unknown"})).start()
     receiver = await Receiver().start()
-    relay = RelayProcess(tmp, config(receiver.port), upstream_url=f"smtp://127.0.0.1:{up.port}")
+    admin_port = free_port()
+    relay = RelayProcess(tmp, config(receiver.port, admin_port), upstream_url=f"smtp://127.0.0.1:{up.port}")
     try:
         await relay.start()
+        await wait_for(lambda: port_open(admin_port), 20)
         ids: dict[str, str] = {}
         ids["m1"] = (await submit(relay.smtp_port, message("Spring sale", "news", "campaign=spring", [
             (SPRING, "product:shoes;"), (ABOUT, "")]), sender="news@example.com", rcpts=M1_RCPTS)).split()[1]
@@ -174,7 +178,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
                 await wait_for(lambda n=n: hits(relay) == n)  # type: ignore[misc]
         await wait_for(lambda: len(receiver.events) == 5)  # m2: Send, 2 Delivery, Open, Click
         yield World(relay, up, receiver, ids, start.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1),
-                    datetime.now(UTC) + timedelta(hours=1))
+                    datetime.now(UTC) + timedelta(hours=1), f"http://127.0.0.1:{admin_port}")
     finally:
         await relay.stop()
         await receiver.stop()
@@ -193,9 +197,9 @@ def zero_counts(**counts: int) -> dict[str, int]:
     return {**base, **counts}
 
 
-async def test_stats_json_is_exactly_the_traffic(world: World) -> None:
-    doc = await cli_json(world.relay, "stats", "--json", *world.period)
-    assert doc == {
+def everything(world: World) -> dict[str, Any]:
+    """The stats document of the whole traffic, every set."""
+    return {
         "since": world.since,
         "until": world.until,
         "configuration_set": None,
@@ -212,6 +216,10 @@ async def test_stats_json_is_exactly_the_traffic(world: World) -> None:
                       {"name": "product", "value": "coats", "clicks": 1}],
         "webhook_dead_letters": 0,
     }
+
+
+async def test_stats_json_is_exactly_the_traffic(world: World) -> None:
+    assert await cli_json(world.relay, "stats", "--json", *world.period) == everything(world)
 
 
 async def test_stats_per_set_no_set_and_tag(world: World) -> None:
@@ -349,6 +357,32 @@ async def test_message_json_is_each_recipients_timeline(world: World) -> None:
     assert (code, out) == (1, "") and len(err.splitlines()) == 1 and "no-such-id" in err
 
 
+async def api(world: World, path: str, **params: str) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(world.admin + path, params=params) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+async def test_admin_api_gives_the_same_documents_as_the_cli(world: World) -> None:
+    """/api/stats, /api/messages/{id} and /api/events over the same traffic: the exact
+    documents the CLI prints (they share relay.stats)."""
+    period = {"since": world.since, "until": world.until}
+    assert await api(world, "/api/stats", **period) == everything(world)
+    for args, params in [(("--configuration-set", "news", "--by", "hour"), {"configuration_set": "news", "by": "hour"}),
+                         (("--configuration-set", ""), {"configuration_set": ""}),
+                         (("--configuration-set", "hooked", "--by", "day"), {"configuration_set": "hooked", "by": "day"}),
+                         (("--tag", "campaign=spring"), {"tag": "campaign=spring"})]:
+        assert await api(world, "/api/stats", **period, **params) == \
+            await cli_json(world.relay, "stats", "--json", *world.period, *args), args
+    for key in ("m1", "m2", "m4"):
+        assert await api(world, f"/api/messages/{world.ids[key]}") == \
+            await cli_json(world.relay, "message", world.ids[key], "--json")
+    _, out, _ = await cli(world.relay, "events", "--message", world.ids["m1"])
+    listed = await api(world, "/api/events", message=world.ids["m1"])
+    assert [e["record"] for e in listed["events"]] == [json.loads(x) for x in out.splitlines()]
+    assert len(listed["events"]) == 13  # Send, DeliveryDelay, 3 Delivery, Bounce, 3 Open, 4 Click
+
+
 async def test_messages_list(world: World) -> None:
     rows = await cli_json(world.relay, "messages", "--json")
     by_id = {r["message_id"]: r for r in rows}
@@ -363,6 +397,10 @@ async def test_messages_list(world: World) -> None:
     assert [r["message_id"] for r in only] == [world.ids["m2"]]
     to_eve = await cli_json(world.relay, "messages", "--json", "--recipient", "eve@example.org")
     assert [r["message_id"] for r in to_eve] == [world.ids["m3"]]
+    m2_on = rows[[r["message_id"] for r in rows].index(world.ids["m2"])]["timestamp"]
+    since_m2 = await cli_json(world.relay, "messages", "--json", "--since", m2_on)
+    assert world.ids["m2"] in [r["message_id"] for r in since_m2] and world.ids["m1"] not in [
+        r["message_id"] for r in since_m2]
     code, out, err = await cli(world.relay, "messages", "--configuration-set", "")
     assert code == 0 and world.ids["m4"] in out and world.ids["m1"] not in out
 

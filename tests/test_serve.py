@@ -8,6 +8,8 @@ import email
 import json
 import mailbox
 import signal
+import subprocess
+import sys
 from email import policy
 from pathlib import Path
 
@@ -402,3 +404,41 @@ async def test_8bit_passes_unchanged_when_upstream_offers_8bitmime(upstream: Ups
     await submit(relay.smtp_port, data)
     await wait_for(lambda: upstream.messages)
     assert upstream.messages[0].data.endswith(data.split(b"X-SES-CONFIGURATION-SET: plain\r\n")[1])
+
+
+async def test_serve_prunes_raw_events_on_its_own_and_keeps_the_counters(upstream: Upstream, tmp_path: Path) -> None:
+    """[storage] retention_days applies without `relay prune`: `relay serve` drops the raw
+    events behind `relay events` and timelines on its own; the hourly counters behind
+    `relay stats` stay (stats_retention_days), and so does the sqlite destination's table."""
+    relay = RelayProcess(tmp_path, PLAIN_SET, upstream_url=f"smtp://127.0.0.1:{upstream.port}")
+    relay.config_path.write_text(relay.config_path.read_text().replace(
+        f'path = "{relay.db}"\n', f'path = "{relay.db}"\nretention_days = 0.0001\n'))  # 8.6 s
+    await relay.start()
+    try:
+        await submit(relay.smtp_port, MESSAGE)
+        await wait_for(lambda: relay.query("SELECT count(*) FROM event_log WHERE event_type = 'Delivery'") == [(1,)])
+        await wait_for(lambda: relay.query("SELECT count(*) FROM event_log") == [(0,)], 30)
+        assert relay.query("SELECT metric, sum(count) FROM stats_hourly WHERE metric IN ('send', 'delivery') "
+                           "GROUP BY metric ORDER BY metric") == [("delivery", 1), ("send", 1)]
+        assert [e["eventType"] for e in events(relay)] == ["Send", "Delivery"]
+    finally:
+        assert await relay.stop() == 0
+
+
+async def test_check_config_prints_the_warnings_serve_logs(tmp_path: Path) -> None:
+    """`relay check-config` prints on stderr the same start-up warnings `relay serve` logs."""
+    relay = RelayProcess(tmp_path, PLAIN_SET)
+    relay.config_path.write_text(relay.config_path.read_text().replace(
+        'hostname = "relay.test"\n', 'hostname = "relay.test"\nmax_recipients = 20000\n'))
+    checked = subprocess.run([sys.executable, "-m", "relay.cli", "check-config", "--config", str(relay.config_path)],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert checked.returncode == 0 and "OK" in checked.stdout
+    warnings = [line.removeprefix("relay: warning: ") for line in checked.stderr.splitlines()]
+    assert len(warnings) == 1 and "smtp.max_recipients is 20000" in warnings[0]
+    await relay.start()
+    try:
+        await wait_for(lambda: "smtp.max_recipients" in relay.output())
+        logged = [line for line in relay.output().splitlines() if " WARNING " in line]
+        assert logged and all(line.endswith(" WARNING relay: " + warnings[0]) for line in logged), logged
+    finally:
+        assert await relay.stop() == 0

@@ -188,3 +188,55 @@ async def test_readonly_store_reads_and_refuses_writes(tmp_path: Path, store: St
             await reader.write([("DELETE FROM messages", ())])
     finally:
         await reader.close()
+
+
+async def test_every_event_type_is_counted_whatever_the_destinations(store: Store) -> None:
+    """Complaint, Subscription, Rendering Failure, Reject and DeliveryDelay count too, for
+    a set whose only destination takes Send (SES's sending statistics count everything)."""
+    t = Traffic(store)
+    at = NOW - timedelta(hours=5)
+    mail = await t.send("plain", ["a@x.test", "b@x.test"], at)
+    await t.event("plain", records.delivery_delay_event(
+        mail, recipients=[records.DelayedRecipient(email_address="a@x.test", status="4.4.1",
+                                               diagnostic_code="smtp; 421 later")],
+        delay_type="TransientCommunicationFailure", expiration_time=at + timedelta(hours=4), timestamp=at,
+        reporting_mta="relay.test"), "a@x.test")
+    await t.delivered("plain", mail, "a@x.test", at)
+    await t.delivered("plain", mail, "b@x.test", at)
+    await t.event("plain", records.complaint_event(mail, recipients=["a@x.test"], timestamp=at, feedback_id="f",
+                                                   feedback_type="abuse", user_agent=None, arrival_date=None),
+                  "a@x.test")
+    prefs = records.TopicPreferences(unsubscribe_all=False, topics=())
+    await t.event("plain", records.subscription_event(
+        mail, recipient="b@x.test", contact_list="plain", timestamp=at, source="UnsubscribeHeader",
+        new=records.TopicPreferences(unsubscribe_all=True, topics=()), old=prefs), "b@x.test")
+    await t.event("plain", records.rendering_failure_event(mail, error_message="bad", recipient="b@x.test"), "b@x.test")
+    await t.event("plain", records.reject_event(mail, reason="Bad content"), None)
+
+    doc = await stats.stats(store, configuration_set="plain", period=stats.parse_period(None, None, now=NOW))
+    assert doc["counts"] == {"send": 1, "reject": 1, "bounce": 0, "complaint": 1, "delivery": 2, "open": 0,
+                             "click": 0, "renderingFailure": 1, "deliveryDelay": 1, "subscription": 1}
+    assert doc["rates"]["complaint"] == 0.5  # complaining / delivered recipients
+    totals = {(cset, kind): n for cset, kind, n in await stats.totals(store)}
+    assert {kind: totals[("plain", kind)] for kind in ("Complaint", "Subscription", "Rendering Failure", "Reject")} \
+        == {"Complaint": 1, "Subscription": 1, "Rendering Failure": 1, "Reject": 1}
+
+
+async def test_default_retention_keeps_counters_longer_than_raw_events(store: Store) -> None:
+    """[storage] retention_days (60) for raw events, stats_retention_days (400) for counters."""
+    t = Traffic(store)
+    mail = await t.send("news", ["a@x.test"], NOW)
+    await t.opened("news", mail, "a@x.test", NOW)
+    config = cfg.parse({"storage": {"path": "x"}})
+    day = stats.Period(NOW - timedelta(hours=1), NOW + timedelta(hours=1))
+
+    await retention.prune(store, config, now=NOW.timestamp() + 59 * 86400)
+    assert len(await stats.events(store)) == 2
+    await retention.prune(store, config, now=NOW.timestamp() + 61 * 86400)
+    assert await stats.events(store) == []  # raw events: 60 days
+    kept = await stats.stats(store, configuration_set="news", period=day)
+    assert (kept["counts"]["send"], kept["counts"]["open"], kept["unique"]["open"]) == (1, 1, 1)
+    await retention.prune(store, config, now=NOW.timestamp() + 399 * 86400)
+    assert (await stats.stats(store, configuration_set="news", period=day))["counts"]["send"] == 1
+    await retention.prune(store, config, now=NOW.timestamp() + 401 * 86400)
+    assert (await stats.stats(store, configuration_set="news", period=day))["counts"]["send"] == 0  # counters: 400

@@ -81,6 +81,10 @@ async def check_api(t: traffic.Traffic) -> None:
 
     found = await get_json(f"{t.admin}/api/messages?q=carol")
     assert [m["message_id"] for m in found["messages"]] == [t.plain_id]
+    by_set = await get_json(f"{t.admin}/api/messages?q=HOOKS")  # the set's name, any case
+    assert [m["message_id"] for m in by_set["messages"]] == [t.hooks_id]
+    by_subject = await get_json(f"{t.admin}/api/messages?q=spring%20NEWS")
+    assert [m["message_id"] for m in by_subject["messages"]] == [t.news_id]
     doc = await get_json(f"{t.admin}/api/messages/{t.news_id}")
     assert doc["message"]["messageId"] == t.news_id
     assert {r["address"]: r["state"] for r in doc["recipients"]} == {

@@ -44,11 +44,12 @@ async def test_dashboard_in_chromium(tmp_path: Path, chromium: str) -> None:
                 await check_dashboard(page, t, tmp_path)
                 await check_message_page(page, t)
                 await check_suppression_page(page, t)
-                # The preview blocks remote images by default: the one the browser reports
-                # blocked is the pixel mailed to alice, the only console error allowed.
+                # The preview blocks remote images by default: those the browser reports
+                # blocked are the pixels mailed to alice and bob, the only console errors allowed.
                 blocked = [m for m in problems if "violates the following Content Security Policy directive: "
                            '"img-src data: cid:"' in m]
-                assert len(blocked) == 1 and t.pixels["alice@example.org"] in blocked[0]
+                assert len(blocked) == 2 and t.pixels["alice@example.org"] in blocked[0]
+                assert t.pixels["bob@example.org"] in blocked[1]
                 assert [m for m in problems if m not in blocked] == []
             finally:
                 await browser.close()
@@ -149,6 +150,13 @@ async def check_message_page(page: Page, t: traffic.Traffic) -> None:
     await expect(clicks.last).to_contain_text("https://example.com/shop")
     assert await page.evaluate("() => window.notReloaded") is True
     await popup.close()
+
+    # Choosing another recipient shows the copy that recipient received: bob's own links.
+    await page.locator(f"{bob} a.preview-link").click()
+    await expect(page.locator("#preview h2")).to_contain_text("bob@example.org")
+    await expect(preview.get_by_role("link", name="Visit the shop")).to_have_attribute(
+        "href", t.links["bob@example.org"][1])
+    assert t.links["bob@example.org"][1] != t.links["alice@example.org"][1]
 
 
 async def check_suppression_page(page: Page, t: traffic.Traffic) -> None:
