@@ -79,7 +79,9 @@ def shape(*, period: Period, configuration_set: str | None, counts: dict[str, in
           delivered_recipients: int, bounced_recipients: int, complaining_recipients: int,
           top_links: Sequence[dict[str, Any]], link_tags: Sequence[dict[str, Any]],
           series: Sequence[dict[str, Any]] | None, webhook_dead_letters: int = 0) -> dict[str, Any]:
-    """The `relay stats --json` document (and /api/stats), exactly these keys."""
+    """The `relay stats --json` document (and /api/stats), exactly issue 8's keys; plus
+    webhook_dead_letters only when some webhook event was dead-lettered in the period
+    (issue 11 counts them in relay stats; a healthy relay's document keeps the exact keys)."""
     doc: dict[str, Any] = {
         "since": iso(period.since),
         "until": iso(period.until),
@@ -96,9 +98,10 @@ def shape(*, period: Period, configuration_set: str | None, counts: dict[str, in
         },
         "top_links": list(top_links),
         "link_tags": list(link_tags),
-        # Webhook events moved to the dead letters in the period (relay webhook dead-letters).
-        "webhook_dead_letters": webhook_dead_letters,
     }
+    if webhook_dead_letters:
+        # Webhook events moved to the dead letters in the period (relay webhook dead-letters).
+        doc["webhook_dead_letters"] = webhook_dead_letters
     if series is not None:
         doc["series"] = list(series)
     return doc

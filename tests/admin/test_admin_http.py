@@ -52,7 +52,7 @@ async def test_api_metrics_and_preview_match_real_traffic(tmp_path: Path) -> Non
 async def check_api(t: traffic.Traffic) -> None:
     news = await get_json(f"{t.admin}/api/stats?configuration_set=news&since=24h&by=hour")
     assert set(news) == {"since", "until", "configuration_set", "counts", "recipients", "unique", "rates",
-                         "top_links", "link_tags", "series", "webhook_dead_letters"}
+                         "top_links", "link_tags", "series"}
     assert news["configuration_set"] == "news" and news["recipients"] == 3
     assert {k: news["counts"][k] for k in ("send", "delivery", "bounce", "open", "click")} == \
         {"send": 1, "delivery": 2, "bounce": 1, "open": 2, "click": 3}
