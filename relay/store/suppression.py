@@ -44,7 +44,7 @@ async def suppressed(store: Store, addresses: Sequence[str]) -> dict[str, Suppre
     for i in range(0, len(wanted), _BATCH):
         chunk = wanted[i:i + _BATCH]
         rows = await _rows(store, f"SELECT {_COLUMNS} FROM suppressed_addresses WHERE address IN "
-                                  f"({','.join('?' * len(chunk))})", chunk)
+                                  f"({','.join('?' * len(chunk))})", chunk, by_key=True)
         found.update((row.address, row) for row in rows)
     return found
 
@@ -66,9 +66,10 @@ async def count(store: Store) -> int:
     return int(row[0]) if row else 0
 
 
-async def _rows(store: Store, sql: str, params: Sequence[object]) -> list[SuppressedAddress]:
+async def _rows(store: Store, sql: str, params: Sequence[object], *,
+                by_key: bool = False) -> list[SuppressedAddress]:
     try:
-        rows = await store.fetchall(sql, params)
+        rows = await (store.lookup(sql, params) if by_key else store.fetchall(sql, params))
     except sqlite3.OperationalError as e:
         if "no such table" in str(e):  # opened read-only, from before the list existed
             return []
