@@ -49,6 +49,8 @@ PIXEL_HEADERS = {"Content-Type": "image/gif", **NO_CACHE}
 # aiohttp's 8190, as SES refuses more than 8 KB of headers.
 MAX_LINE_SIZE = MAX_LINK_PATH + 190
 MAX_FIELD_SIZE = 8190
+# How long /healthz waits for its write to an unwell storage before answering 503.
+HEALTH_RECHECK_SECONDS = 2.0
 # The unsubscribe page: no script, no remote anything; its form posts back to itself.
 PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -145,7 +147,12 @@ class TrackingServer:
         await self.recorder.drain()
 
     async def healthz(self, request: web.Request) -> web.Response:
-        error = self._store.last_error if self._store is not None else None
+        error = None
+        if self._store is not None and self._store.last_error is not None:
+            try:  # a commit failed: is the storage usable again?
+                error = await asyncio.wait_for(self._store.recheck(), HEALTH_RECHECK_SECONDS)
+            except TimeoutError:
+                error = self._store.last_error
         if error:
             # Every message gets 451 meanwhile: a load balancer should know.
             reason = " ".join(error.split())[:200]
