@@ -158,7 +158,11 @@ def run(config: Config) -> int:
         raise
     started_at = time.time()
     others_pipe = os.pipe()
-    shared = SharedLimits()  # before fork: every worker maps the same counters
+    try:
+        shared: SharedLimits | None = SharedLimits()  # before fork: every worker maps the same counters
+    except OSError as e:  # no POSIX semaphores (a sandbox without /dev/shm): count per process
+        log.warning("per-client limits are counted per process: cannot share counters: %s", e)
+        shared = None
     pids: dict[int, int] = {}
     stopping = _install_forwarding(pids)
     for index in range(count):
