@@ -123,7 +123,9 @@ class App:
             stack.push_async_callback(_cancel, wake)
 
         self.tracking = TrackingServer(config=config, signer=self.signer, spool=self.spool, bus=self.bus,
-                                       store=self.store, metrics=self.metrics)
+                                       store=self.store, metrics=self.metrics,
+                                       shared_clients=self.role.shared.tracking_clients
+                                       if self.role is not None and self.role.shared is not None else None)
         # SubscribeURL of confirm_subscription destinations: public, like SNS's own.
         SubscriptionConfirmations(store=self.store, key=keys[0],
                                   topics=confirming).register(self.tracking.app)
@@ -147,7 +149,7 @@ class App:
 
         handler = IntakeHandler(config=config, spool=self.spool, schedule=self.schedule, bus=self.bus,
                                 metrics=self.metrics)
-        self.smtp = SmtpServer(config, handler)
+        self.smtp = SmtpServer(config, handler, shared=self.role.shared if self.role is not None else None)
         await self.smtp.start(sock=self.role.smtp_socket if self.role else None)
         stack.push_async_callback(self.smtp.stop)
         log.info("SMTP on %s, upstream %s, storage %s", config.smtp.listen,

@@ -24,7 +24,7 @@ from relay.headers import add_header, split_header_block
 from relay.instrument import TrackingOptions, personalize, prepare
 from relay.intake import SES_CONTROL_HEADERS, new_message_id
 from relay.metrics import Metrics
-from relay.outcomes import Reply, judge
+from relay.outcomes import INTERNAL_ERROR, Reply, judge
 from relay.retry import RetryPolicy
 from relay.return_path import ReturnPathClaim, ReturnPaths
 from relay.spool import Job, Spool, put_statements, result_statements
@@ -224,9 +224,10 @@ class Deliverer:
                     return _internal_error(e)
 
         first = await send_one(recipients[0])
-        if first.code == 0:
+        if first.code == 0 and not _is_internal_error(first):
             # The upstream is unreachable: the others would only wait for the same
-            # timeout. They are deferred with the same reason.
+            # timeout. They are deferred with the same reason. A failure inside relay
+            # is that copy's own (#7): the others are still sent.
             return {**refused, **{r: first for r in recipients}}
         # The rest in parallel, over the pooled connections.
         rest = await asyncio.gather(*(send_one(r) for r in recipients[1:]))
@@ -453,11 +454,16 @@ def log_outcomes(message_id: str, *, delivered: Sequence[tuple[str, str]], bounc
     for reply, (n, at) in unreachable.items():
         iso_at = records.iso(datetime.fromtimestamp(at, timezone.utc))
         # No reply is usually the upstream's fault; relay's own failures say so in the reply.
-        what = "not sent (internal error)" if "internal error" in reply else "upstream unreachable"
+        what = "not sent (internal error)" if INTERNAL_ERROR in reply else "upstream unreachable"
         log.warning("%s for %s, %d recipient(s) deferred: %s; next attempt at %s", what, message_id, n, reply,
                     iso_at, extra={**fields(None, "unreachable", reply, at), "recipients": n})
 
 
 def _internal_error(e: BaseException) -> Reply:
     """A copy that failed inside relay: deferred like a lost connection (then bounced in time)."""
-    return Reply(0, f"internal error while sending: {type(e).__name__}: {e}")
+    return Reply(0, f"{INTERNAL_ERROR} while sending: {type(e).__name__}: {e}")
+
+
+def _is_internal_error(reply: Reply) -> bool:
+    """No reply because relay itself failed on this copy (here or in the upstream client)."""
+    return reply.code == 0 and INTERNAL_ERROR in reply.message

@@ -11,6 +11,10 @@ from relay.dsn import FailedRecipient
 from relay.events import records
 from relay.retry import Outcome, RetryPolicy, bounce_subtype, classify, delay_type, enhanced_status, next_attempt_at
 
+# In the message of a Reply with code 0 when relay itself failed on a copy (a bug, a
+# library refusing an address), as opposed to an upstream that did not answer.
+INTERNAL_ERROR = "internal error"
+
 
 @dataclass(frozen=True)
 class Reply:

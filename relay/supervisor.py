@@ -24,6 +24,7 @@ import traceback
 from dataclasses import dataclass
 
 from relay.config import Config, Listen
+from relay.limits import SharedLimits
 from relay.store import Store
 
 log = logging.getLogger("relay")
@@ -44,6 +45,8 @@ class Role:
     # A pipe every other worker holds open until it exits: the primary's end reads EOF once
     # they all have, so it publishes their last events (file destination, webhooks) last.
     others_pipe: tuple[int, int]
+    # Per-client connection counts and AUTH failures, counted for all the processes.
+    shared: SharedLimits | None = None
 
     @property
     def primary(self) -> bool:
@@ -155,12 +158,17 @@ def run(config: Config) -> int:
         raise
     started_at = time.time()
     others_pipe = os.pipe()
+    try:
+        shared: SharedLimits | None = SharedLimits()  # before fork: every worker maps the same counters
+    except OSError as e:  # no POSIX semaphores (a sandbox without /dev/shm): count per process
+        log.warning("per-client limits are counted per process: cannot share counters: %s", e)
+        shared = None
     pids: dict[int, int] = {}
     stopping = _install_forwarding(pids)
     for index in range(count):
         pid = os.fork()
         if pid == 0:
-            role = Role(index, count, smtp[index], tracking[index], started_at, others_pipe)
+            role = Role(index, count, smtp[index], tracking[index], started_at, others_pipe, shared)
             _worker(config, role, [*smtp, *tracking])
         pids[pid] = index
     for s in [*smtp, *tracking]:

@@ -21,7 +21,7 @@ import aiosmtplib
 
 from relay.config import UpstreamConfig
 from relay.downgrade import DowngradeError, needs_8bitmime, needs_smtputf8, to_7bit
-from relay.outcomes import Reply
+from relay.outcomes import INTERNAL_ERROR, Reply
 
 log = logging.getLogger("relay.upstream")
 
@@ -89,7 +89,7 @@ class SmtpUpstream:
                 self._discard(client)
                 log.warning("upstream %s: unexpected %s while sending; deferring %d recipient(s)",
                             self._config.safe_url, type(e).__name__, len(recipients))
-                reply = Reply(0, f"upstream {self._config.safe_url}: internal error: {type(e).__name__}: {e}",
+                reply = Reply(0, f"upstream {self._config.safe_url}: {INTERNAL_ERROR}: {type(e).__name__}: {e}",
                               self._remote)
                 return {r: reply for r in recipients}
             self._idle.append((client, asyncio.get_running_loop().time()))

@@ -150,6 +150,27 @@ async def test_an_exception_in_one_copy_defers_then_bounces_it_and_never_resends
         await stopped(env)
 
 
+async def test_an_exception_in_the_first_copy_does_not_hold_back_the_others(
+        tmp_path: Path, upstream: Upstream, store: Store) -> None:
+    # The first copy is also the probe for an unreachable upstream (its failure defers
+    # the rest); a failure inside relay is that copy's alone, wherever it sits.
+    config = make_config(tmp_path, upstream.port, max_delivery_seconds=1.5)
+    exploding = Exploding(config.upstream, local_hostname="relay.test", victim="boom@example.org")
+    env = Env(config, exploding, store)
+    await running(env)
+    try:
+        mid = await env.submit(["boom@example.org", "ok1@example.org", "ok2@example.org"])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "pending" in (await env.states(mid)).values():
+            await asyncio.sleep(0.05)
+        assert await env.states(mid) == {"boom@example.org": "bounced", "ok1@example.org": "delivered",
+                                         "ok2@example.org": "delivered"}
+        copies = sorted(r for m in upstream.messages if m.mail_from != "<>" for r in m.rcpts)
+        assert copies == ["ok1@example.org", "ok2@example.org"]
+    finally:
+        await stopped(env)
+
+
 async def test_control_character_address_is_an_outcome_and_closes_the_connection(
         tmp_path: Path, upstream: Upstream) -> None:
     config = make_config(tmp_path, upstream.port)

@@ -1,7 +1,10 @@
-# The listeners' limit bookkeeping (pure): caps, throttled logging, fd budget.
+# The listeners' limit bookkeeping (pure): caps, throttled logging, fd budget; and the
+# counters the serving processes share (a real forked process).
 from __future__ import annotations
 
-from relay.limits import ConnectionLimits, LogThrottle, MemoryBudget, connection_budget
+import multiprocessing
+
+from relay.limits import ConnectionLimits, LogThrottle, MemoryBudget, SharedCounters, connection_budget
 
 
 def test_per_client_and_total_caps() -> None:
@@ -59,3 +62,34 @@ def test_memory_budget_refuses_what_does_not_fit() -> None:
     assert budget.free == 60 and budget.reserve(60)
     budget.release(1000)  # never below zero
     assert budget.used == 0
+
+
+def _take_three(counters: SharedCounters) -> None:
+    for _ in range(3):
+        assert counters.take("192.0.2.1", 5)
+
+
+def test_shared_counters_are_seen_by_a_forked_process() -> None:
+    counters = SharedCounters()
+    child = multiprocessing.get_context("fork").Process(target=_take_three, args=(counters,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    assert counters.value("192.0.2.1") == 3  # counted in the child, seen here
+    assert counters.take("192.0.2.1", 4) is True and counters.take("192.0.2.1", 4) is False
+    limits = ConnectionLimits(total=100, per_client=4, shared=counters)
+    assert limits.acquire("192.0.2.1") == "per_client"  # this process holds none of the four
+    counters.give("192.0.2.1")
+    assert limits.acquire("192.0.2.1") is None and limits.open_for("192.0.2.1") == 4
+    limits.release("192.0.2.1")
+    assert counters.value("192.0.2.1") == 3
+
+
+def test_shared_window_counts_restart_after_the_window() -> None:
+    counters = SharedCounters()
+    assert counters.add_in_window("198.51.100.7", 100.0, 10.0, 1) == 1
+    assert counters.add_in_window("198.51.100.7", 105.0, 10.0, 1) == 2
+    assert counters.add_in_window("198.51.100.7", 109.9, 10.0, 0) == 2
+    assert counters.add_in_window("198.51.100.7", 110.0, 10.0, 0) == 0  # the window has passed
+    assert counters.add_in_window("198.51.100.7", 111.0, 10.0, 1) == 1  # a new one starts here
+    assert counters.add_in_window("198.51.100.7", 120.5, 10.0, 0) == 1

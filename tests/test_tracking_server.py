@@ -339,6 +339,21 @@ async def test_healthz_reports_an_unusable_store(env) -> None:
     assert r.status == 200
 
 
+async def test_healthz_reports_recovery_without_waiting_for_traffic(env) -> None:
+    # Behind a load balancer that follows /healthz, a 503 that lasted until the next
+    # message or hit would last for ever (no hit is routed to an unhealthy server).
+    store, _, client, _ = env
+    assert store._writer is not None  # noqa: SLF001 - the test reaches into the store on purpose
+    await store._in_writer(store._writer.execute, "PRAGMA query_only = ON")  # noqa: SLF001
+    with pytest.raises(Exception, match="readonly"):
+        await store.write([("INSERT INTO settings(key, value) VALUES ('x', 'y')", ())])
+    r = await client.get("/healthz")
+    assert r.status == 503  # each probe tries the storage again, and it still refuses
+    await store._in_writer(store._writer.execute, "PRAGMA query_only = OFF")  # noqa: SLF001
+    r = await client.get("/healthz")  # no write of anyone else's in between
+    assert r.status == 200 and await r.text() == "ok\n"
+
+
 @pytest.mark.parametrize(("raw", "rest"), [
     ("/c/TOKEN/https:/%2Fx.test/", "TOKEN/https:/%2Fx.test/"),
     ("/c/TOKEN/https:/%2Fx.test/?utm=added", "TOKEN/https:/%2Fx.test/"),

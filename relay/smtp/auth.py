@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Mapping
 
+from relay.limits import SharedCounters
+
 
 class Authenticator:
     """AUTH PLAIN/LOGIN against [smtp.users] (constant-time), or any credentials."""
@@ -36,12 +38,15 @@ class FailureBudget:
     """
 
     def __init__(self, budget: int, window: float, clock: Callable[[], float] = time.monotonic,
-                 max_clients: int = 10_000) -> None:
+                 max_clients: int = 10_000, shared: SharedCounters | None = None) -> None:
         self.budget = budget
         self.window = window
         self._clock = clock
         self._max_clients = max_clients
         self._failures: dict[str, tuple[float, int]] = {}  # client -> (window start, failures)
+        # With several serving processes: their failures counted together (the clock
+        # must then be one they share: time.monotonic is system-wide on Linux).
+        self._shared = shared
 
     def _current(self, client: str, now: float) -> int:
         entry = self._failures.get(client)
@@ -53,11 +58,20 @@ class FailureBudget:
         return entry[1]
 
     def exhausted(self, client: str) -> bool:
-        return self._current(client, self._clock()) >= self.budget
+        now = self._clock()
+        if self._shared is not None:
+            count = self._shared.add_in_window(client, now, self.window, 0)
+            if count is not None:
+                return count >= self.budget
+        return self._current(client, now) >= self.budget
 
     def record(self, client: str) -> bool:
         """Count one failure; whether the budget is now spent."""
         now = self._clock()
+        if self._shared is not None:
+            count = self._shared.add_in_window(client, now, self.window, 1)
+            if count is not None:
+                return count >= self.budget
         count = self._current(client, now) + 1
         if count == 1:
             if len(self._failures) >= self._max_clients:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.smtp import SMTP
 
 from relay.config import Config
-from relay.limits import ConnectionLimits, LogThrottle, MemoryBudget, connection_budget
+from relay.limits import ConnectionLimits, LogThrottle, MemoryBudget, SharedLimits, connection_budget
 from relay.smtp.auth import Authenticator, FailureBudget
 from relay.smtp.session import RelaySMTP, Shared, admit, peer_ip
 
@@ -77,9 +77,11 @@ def connection_cap(config: Config) -> int:
 class SmtpServer:
     """The listening socket and the sessions on it, for graceful shutdown."""
 
-    def __init__(self, config: Config, handler: IntakeHandler | FeedbackHandler, *, name: str = "SMTP") -> None:
+    def __init__(self, config: Config, handler: IntakeHandler | FeedbackHandler, *, name: str = "SMTP",
+                 shared: SharedLimits | None = None) -> None:
         self._config = config
         self._name = name  # for the log: "SMTP", or "feedback" for the inbound listener
+        self._shared_limits = shared  # with several processes: per-client counts they share
         self._handler = handler
         self._server: asyncio.base_events.Server | None = None
         self._protocols: weakref.WeakSet[SMTP] = weakref.WeakSet()  # closed sessions drop out
@@ -117,10 +119,12 @@ class SmtpServer:
         total = connection_cap(self._config)
         self._shared = Shared(
             config=smtp,
-            connections=ConnectionLimits(total=total, per_client=smtp.max_connections_per_client),
+            connections=ConnectionLimits(total=total, per_client=smtp.max_connections_per_client,
+                                         shared=self._shared_limits.smtp_clients if self._shared_limits else None),
             memory=MemoryBudget(smtp.max_concurrent_data_bytes),
             authenticator=Authenticator(smtp.users, smtp.accept_any_auth),
-            auth_failures=FailureBudget(smtp.auth_failure_budget, smtp.auth_failure_window),
+            auth_failures=FailureBudget(smtp.auth_failure_budget, smtp.auth_failure_window,
+                                        shared=self._shared_limits.auth_failures if self._shared_limits else None),
             throttle=LogThrottle(),
         )
         log.info("%s: at most %d connections, %d per client; %d DATA bytes in memory at once",

@@ -179,6 +179,7 @@ class Store:
         # Why the last commit failed (e.g. a read-only or full disk), None once one succeeds:
         # /healthz reports it, since every message gets 451 meanwhile.
         self.last_error: str | None = None
+        self._recheck: asyncio.Future[None] | None = None
 
     async def open(self, *, readonly: bool = False) -> None:
         """Open the file; readonly: a reader beside a running `relay serve` (the CLI), which
@@ -222,6 +223,24 @@ class Store:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((list(statements), fut))
         await fut
+
+    async def recheck(self) -> str | None:
+        """last_error, after trying a one-row write again when a commit has failed.
+
+        Otherwise the error would stand until the next message or hit is committed,
+        and a load balancer following /healthz routes none to an unhealthy server.
+        Concurrent callers share one attempt; a healthy store costs nothing.
+        """
+        if self.last_error is None:
+            return None
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.ensure_future(self.write([(
+                "INSERT INTO settings(key, value) VALUES ('storage_checked_at', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(time.time()),))]))
+            self._recheck.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._recheck)
+        return self.last_error
 
     def write_nowait(self, statements: Iterable[Statement]) -> asyncio.Future[None]:
         """Queue the statements; the returned future completes at commit."""

@@ -25,7 +25,7 @@ from relay import unsubscribe
 from relay.config import Config, in_networks
 from relay.events import records
 from relay.events.bus import EventBus
-from relay.limits import ConnectionLimits, connection_budget
+from relay.limits import ConnectionLimits, SharedCounters, connection_budget
 from relay.metrics import Metrics
 from relay.spool import Spool
 from relay.store import Store
@@ -49,6 +49,8 @@ PIXEL_HEADERS = {"Content-Type": "image/gif", **NO_CACHE}
 # aiohttp's 8190, as SES refuses more than 8 KB of headers.
 MAX_LINE_SIZE = MAX_LINK_PATH + 190
 MAX_FIELD_SIZE = 8190
+# How long /healthz waits for its write to an unwell storage before answering 503.
+HEALTH_RECHECK_SECONDS = 2.0
 # The unsubscribe page: no script, no remote anything; its form posts back to itself.
 PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -72,13 +74,14 @@ def max_connections(config: Config, nofile: int | None = None) -> int:
 class TrackingServer:
     def __init__(self, *, config: Config, signer: Signer, spool: Spool, bus: EventBus,
                  store: Store | None = None, clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, shared_clients: SharedCounters | None = None) -> None:
         self._config = config
+        self._shared_clients = shared_clients  # with several processes: per-client counts they share
         hits = (metrics or Metrics()).tracking_hits
         # The labelled children resolved once: labels() takes a lock and builds a key per call.
         self._opens, self._clicks, self._invalid = (hits.labels(kind=k) for k in ("open", "click", "invalid"))
         self._signer = signer
-        self._store = store  # only its last_error is read: /healthz runs no query
+        self._store = store  # for /healthz: its last_error, rechecked only when set
         self._spool = spool
         self._bus = bus
         self._clock = clock
@@ -119,7 +122,8 @@ class TrackingServer:
         await self._runner.setup()
         manager = self._runner.server
         assert manager is not None
-        limits = ConnectionLimits(total=max_connections(self._config), per_client=tracking.max_connections_per_client)
+        limits = ConnectionLimits(total=max_connections(self._config), per_client=tracking.max_connections_per_client,
+                                  shared=self._shared_clients)
         guard = self.guard = Guard(limits=limits, header_timeout=tracking.header_timeout,
                                    trusted_proxies=tracking.trusted_proxies)
         loop = asyncio.get_running_loop()
@@ -145,7 +149,12 @@ class TrackingServer:
         await self.recorder.drain()
 
     async def healthz(self, request: web.Request) -> web.Response:
-        error = self._store.last_error if self._store is not None else None
+        error = None
+        if self._store is not None and self._store.last_error is not None:
+            try:  # a commit failed: is the storage usable again?
+                error = await asyncio.wait_for(self._store.recheck(), HEALTH_RECHECK_SECONDS)
+            except TimeoutError:
+                error = self._store.last_error
         if error:
             # Every message gets 451 meanwhile: a load balancer should know.
             reason = " ".join(error.split())[:200]
