@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import math
@@ -228,6 +229,7 @@ def _claim_bytes(message_id: str, index: int, sent_at: float, tags: dict[str, li
     return bytes([flags]) + bytes(out)
 
 
+@functools.lru_cache(maxsize=256)  # per link of every copy, for the few messages in flight
 def pack_relay_id(message_id: str) -> bytes | None:
     m = _RELAY_ID_RE.fullmatch(message_id)
     return bytes.fromhex("".join(m.groups())) if m else None
@@ -336,6 +338,10 @@ _RISKY_SLASH = re.compile(r"(?:^|(?<=/))/|/(?=\.\.?(?:/|$))")
 _TRAILING = frozenset("!$&()*+,=:@.-~_")
 
 
+# Cached: a message's links are encoded again for every recipient's copy (~8 us each,
+# half of signing a click link); at most 250 links per message, so 512 entries cover
+# the messages in flight (a few MB at worst: links are at most MAX_LINK_PATH long).
+@functools.lru_cache(maxsize=512)
 def encode_url(url: str) -> str:
     """The destination URL as it goes into the click link's path.
 
