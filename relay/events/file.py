@@ -78,7 +78,10 @@ class FileDestination:
             await self._wake.wait()
 
     def _append(self, lines: list[str]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
+        # The events name recipients and subjects: a new file is the owner's only, as the
+        # storage file is (an existing file keeps the mode its owner gave it).
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(fd, "a", encoding="utf-8") as f:
             f.write("".join(lines))
             f.flush()
             os.fsync(f.fileno())  # the rows are deleted next: the lines must be on disk first

@@ -84,6 +84,7 @@ async def test_file_destination_retries_until_it_can_write_and_keeps_order(tmp_p
         await wait_for(lambda: path.is_file() and len(path.read_text().splitlines()) == 5, 5)
         assert [json.loads(line)["mail"]["messageId"] for line in path.read_text().splitlines()] == [
             f"m{n}" for n in range(5)]
+        assert path.stat().st_mode & 0o777 == 0o600  # addresses and subjects: the owner's only
         await wait_for(lambda: stored_outbox(tmp_path / "relay.db") == 0, 5)  # published rows are removed
     finally:
         await bus.close()
