@@ -116,7 +116,10 @@ class App:
             for job in await self.spool.pending(accepted_before=before):  # resume at once after a restart
                 job.due = 0.0
                 self.schedule.add(job)
-        self.deliverer.start(config.upstream.connections)
+        # Two workers per connection: a worker waiting for its outcome's commit (an fsync)
+        # would otherwise leave its connection idle; the pool still bounds the connections.
+        # Measured: 5 KB untracked mail delivered 447 -> 490/s, one process, same run.
+        self.deliverer.start(2 * config.upstream.connections)
         stack.push_async_callback(self.deliverer.stop)
         if self.role is not None and self.primary:
             wake = asyncio.create_task(self._wake_destinations_forever(), name="wake-destinations")
