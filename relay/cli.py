@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn, TypeVar
 import click
 
 from relay import config as config_mod
-from relay import logs, report, stats
+from relay import logs, malloc, report, stats
 from relay.errors import ConfigError
 from relay.store import Store
 
@@ -96,6 +96,7 @@ def serve(config_path: str | None, log_level: str, log_format: str) -> None:
     """Accept mail over SMTP, spool it, deliver it upstream and serve tracking."""
     cfg = _load(config_path)
     logs.configure(level=log_level, log_format=log_format)
+    malloc.fix_mmap_threshold()  # a big message's memory goes back to the system once freed
     if cfg.server.processes > 1:
         from relay import supervisor
 

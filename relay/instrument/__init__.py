@@ -42,7 +42,7 @@ class Prepared:
     notes: tuple[str, ...] = field(default=(), kw_only=True)
     _raw: bytes = field(default=b"", repr=False, compare=False)
     # The output as raw byte runs copied from the input and edited parts to re-encode.
-    _chunks: tuple[bytes | Part, ...] = field(default=(), repr=False, compare=False)
+    _chunks: tuple[memoryview | bytes | Part, ...] = field(default=(), repr=False, compare=False)
 
     def render(self, open_url: str | None, click_urls: Sequence[str]) -> bytes:
         """The message with one recipient's URLs: click_urls[i] replaces links[i].
@@ -55,7 +55,7 @@ class Prepared:
         if not self._chunks:
             return self._raw
         return b"".join(
-            chunk if isinstance(chunk, bytes) else chunk.render(open_url, click_urls) for chunk in self._chunks
+            chunk.render(open_url, click_urls) if isinstance(chunk, Part) else chunk for chunk in self._chunks
         )
 
 
@@ -146,7 +146,10 @@ def _prepare(raw: bytes, options: TrackingOptions) -> Prepared:
         policy.url for document in documents for policy in document.policies if policy.opted_out and policy.url
     }
     links = _Links(max(options.max_links, 0)) if options.click else None
-    chunks: list[bytes | Part] = []
+    # Runs of the input are views of it, not copies: an attachment beside an edited part
+    # costs nothing more to keep across copies.
+    view = memoryview(raw)
+    chunks: list[memoryview | bytes | Part] = []
     position = 0
     for document in documents:
         if document.scan is not None:
@@ -163,7 +166,7 @@ def _prepare(raw: bytes, options: TrackingOptions) -> Prepared:
             raise MimeError(f"charset {document.charset} cannot carry tracking URLs") from None
         trailer = trailing_whitespace(raw[document.leaf.body_start : document.leaf.body_end])
         edited = part(raw, document.leaf, document.charset, trailer, document.text, build(document.text, edits))
-        chunks.append(raw[position : edited.start])
+        chunks.append(view[position : edited.start])
         # A part with no holes (only stripped attributes) is encoded once, here.
         chunks.append(edited if edited.template.slots else edited.render(None, ()))
         position = document.leaf.body_end
@@ -171,7 +174,7 @@ def _prepare(raw: bytes, options: TrackingOptions) -> Prepared:
     tracked, notes = (tuple(links.tracked), links.notes()) if links is not None else ((), ())
     if not chunks:
         return Prepared(None, tracked, has_pixel, raw, notes=notes)
-    chunks.append(raw[position:])
+    chunks.append(view[position:])
     return Prepared(None, tracked, has_pixel, raw, tuple(chunks), notes=notes)
 
 
@@ -222,7 +225,7 @@ def _is_body_text(leaf: Leaf) -> bool:
 
 
 def _read(raw: bytes, leaf: Leaf) -> _Document:
-    body, charset = decode_body(leaf, raw[leaf.body_start : leaf.body_end])
+    body, charset = decode_body(leaf, memoryview(raw)[leaf.body_start : leaf.body_end])  # no copy of the body
     if leaf.content_type != "text/html":
         return _Document(leaf, charset, body, None, (), tuple(text.find_urls(body)))
     scan = html.scan(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import re
 from dataclasses import dataclass
 from email.message import Message
@@ -113,11 +114,12 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: str) -> list[tu
 _TRANSFER_ENCODINGS = frozenset({"7bit", "8bit", "binary", "quoted-printable", "base64"})
 
 
-def decode_body(leaf: Leaf, body: bytes) -> tuple[str, str]:
+def decode_body(leaf: Leaf, body: bytes | memoryview) -> tuple[str, str]:
     """The body as text and the codec name to re-encode it with.
 
     Fails unless re-encoding the unchanged text gives back exactly the decoded bytes,
     which guarantees that every untouched character survives instrumentation.
+    `body` may be a view into the message: a 7bit/8bit body is then decoded in place.
     """
     if leaf.transfer_encoding not in _TRANSFER_ENCODINGS:
         raise MimeError(f"unsupported Content-Transfer-Encoding {leaf.transfer_encoding!r}")
@@ -125,8 +127,8 @@ def decode_body(leaf: Leaf, body: bytes) -> tuple[str, str]:
     candidates = [leaf.charset] if leaf.charset else ["us-ascii", "utf-8"]
     for charset in candidates:
         try:
-            text = octets.decode(charset)
-            if text.encode(charset) == octets:
+            text = str(octets, charset)
+            if _round_trips(charset) or text.encode(charset) == octets:
                 return text, charset
         except LookupError:
             raise MimeError(f"unknown charset {leaf.charset!r}") from None
@@ -164,6 +166,13 @@ def encodes_by_line(text: str, charset: str, eol: bytes) -> bool:
     line at a time, and lines that hold no tracking URL are encoded once, in prepare.
     """
     try:
+        if _round_trips(charset):
+            # Stateless and ASCII-compatible: true whenever the text encodes at all, and
+            # that is checked a slice at a time instead of by encoding it whole twice.
+            step = 1 << 20
+            for i in range(0, len(text), step):
+                text[i : i + step].encode(charset)
+            return True
         separator = eol.decode("ascii")
         whole = text.encode(charset)
         return eol.join(line.encode(charset) for line in text.split(separator)) == whole
@@ -188,11 +197,23 @@ def trailing_whitespace(body: bytes) -> bytes:
     return body[len(body.rstrip(b" \t\r\n")) :]
 
 
-def _decode_transfer(cte: str, body: bytes) -> bytes:
+# Codecs whose strict decoding is undone exactly by encoding, whatever the bytes: their
+# round trip is not checked (for a 25 MB body that check is one more copy of it).
+_ROUND_TRIP_CODECS = frozenset({"utf-8", "ascii", "iso8859-1"})
+
+
+def _round_trips(charset: str) -> bool:
+    try:
+        return codecs.lookup(charset).name in _ROUND_TRIP_CODECS
+    except LookupError:
+        return False  # the decoding has already said so
+
+
+def _decode_transfer(cte: str, body: bytes | memoryview) -> bytes | memoryview:
     if cte == "quoted-printable":
         return binascii.a2b_qp(body)
     if cte == "base64":
-        compact = body.translate(None, b" \t\r\n")  # one copy, not a piece per line
+        compact = bytes(body).translate(None, b" \t\r\n")  # one copy, not a piece per line
         # Strict RFC 4648 alphabet and padding, whole quads only. (A fullmatch of
         # "(?:[A-Za-z0-9+/]{4})*…" did the same but kept backtracking state per quad:
         # 1.2 GB to check a 32 MB body.)

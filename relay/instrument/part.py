@@ -20,7 +20,7 @@ from .mime import (
     quoted_printable_escape,
     quoted_printable_wrap,
 )
-from .template import Template, pixel, split_lines, write_url
+from .template import Template, iter_lines, pixel, write_url
 
 _IDENTITY = ("7bit", "8bit")  # "binary" (RFC 3030 BINARYMIME) has no line limit
 
@@ -158,7 +158,7 @@ def _quoted_printable_lines(leaf: Leaf, charset: str,
     lines: list[bytes | QuotedLine | Template] = []
     stateless = _STATELESS.fullmatch(charset) is not None
     static: list[bytes] = []  # consecutive lines without holes, joined into one item
-    for line in split_lines(template, leaf.eol.decode("ascii")):
+    for line in iter_lines(template, leaf.eol.decode("ascii")):
         if isinstance(line, str):
             static.append(encode_quoted_printable_line(line.encode(charset), leaf.eol))
             continue
@@ -184,7 +184,7 @@ def _recode(raw: bytes, leaf: Leaf, charset: str, template: Template, by_line: b
     if not leaf.eol or _ASCII_PROBE.encode(charset, "replace") != _ASCII_PROBE.encode("ascii"):
         return Recode(start, head, qp_head, by_line, always=False, growing=None)
     longest, growing, slot = 0, [], 0
-    for line in split_lines(template, leaf.eol.decode("ascii")):
+    for line in iter_lines(template, leaf.eol.decode("ascii")):
         # Piece by piece, a stateful charset (ISO-2022-JP) counts its escapes once per
         # piece: never fewer octets than the copy has.
         if isinstance(line, str):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -56,16 +56,33 @@ class Template:
         return "".join(out)
 
 
-def split_lines(template: Template, separator: str) -> list[str | Template]:
-    """The template's lines (without separators): plain text, or a Template with holes."""
-    lines: list[list[str | Slot]] = [[]]
+def iter_lines(template: Template, separator: str) -> Iterator[str | Template]:
+    """The template's lines (without separators), one at a time: plain text, or a
+    Template with holes."""
+    current: list[str | Slot] = []
     for piece, slot in zip(template.pieces, (*template.slots, None), strict=True):
-        first, *rest = piece.split(separator)
-        lines[-1].append(first)
-        lines.extend([line] for line in rest)
+        head = True  # the piece's first line continues the current one
+        for lines in _blocks_of_lines(piece, separator):
+            for line in lines:
+                if head:
+                    current.append(line)
+                    head = False
+                else:
+                    yield _line(current)
+                    current = [line]
         if slot is not None:
-            lines[-1].append(slot)
-    return [_line(items) for items in lines]
+            current.append(slot)
+    yield _line(current)
+
+
+def _blocks_of_lines(piece: str, separator: str, block: int = 1 << 16) -> Iterator[list[str]]:
+    """piece.split(separator) a block at a time: a 12 MB piece split whole is a list of
+    every line at once (twice its size)."""
+    pos = 0
+    while (cut := piece.find(separator, pos + block)) >= 0:
+        yield piece[pos:cut].split(separator)
+        pos = cut + len(separator)
+    yield (piece[pos:] if pos else piece).split(separator)
 
 
 def _line(items: list[str | Slot]) -> str | Template:
