@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from relay.events.records import MailInfo
-from relay.store import Statement, Store
+from relay.store import BLOB_SLICE, WRITE_BLOB, Statement, Store
 from relay.unsubscribe import ListManagement
 
 
@@ -54,15 +54,25 @@ def mail_from_json(text: str) -> MailInfo:
     )
 
 
+# A message's body: inline, or (1 MB or more) in message_bodies.
+BODY = ("SELECT COALESCE(m.data, b.data) FROM messages m LEFT JOIN message_bodies b ON b.message_id = m.id "
+        "WHERE m.id = ?")
+
+
 def put_statements(job: Job) -> list[Statement]:
     assert job.data is not None
+    big = len(job.data) >= BLOB_SLICE  # its own row, written in slices (store/__init__.py)
     stmts: list[Statement] = [(
         "INSERT INTO messages(id, accepted_at, configuration_set, mail_from, data, mail, tracked, list_management) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (job.message_id, job.accepted_at, job.configuration_set, job.mail_from, job.data,
+        (job.message_id, job.accepted_at, job.configuration_set, job.mail_from, None if big else job.data,
          mail_to_json(job.mail), int(job.tracked),
          job.list_management.to_json() if job.list_management is not None else None),
     )]
+    if big:
+        stmts += [("INSERT INTO message_bodies(message_id, data) VALUES (?, zeroblob(?))",
+                   (job.message_id, len(job.data))),
+                  (WRITE_BLOB, ("message_bodies", "data", "message_id", job.message_id, job.data))]
     for rcpt in job.attempts:
         stmts.append(("INSERT INTO recipients(message_id, recipient, next_attempt_at) VALUES (?, ?, ?)",
                       (job.message_id, rcpt, job.accepted_at)))
@@ -86,6 +96,7 @@ def result_statements(message_id: str, *, delivered: Sequence[tuple[str, str]] =
         # Every recipient is final: the body is no longer needed (bounded growth);
         # the mail row stays for the tracking window's events.
         stmts.append(("UPDATE messages SET data = NULL WHERE id = ?", (message_id,)))
+        stmts.append(("DELETE FROM message_bodies WHERE message_id = ?", (message_id,)))
     return stmts
 
 
@@ -135,6 +146,7 @@ class Spool:
         finished = ("SELECT id FROM messages m WHERE m.accepted_at < ? AND NOT EXISTS "
                     "(SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state = 'pending')")
         stmts: list[Statement] = [
+            (f"DELETE FROM message_bodies WHERE message_id IN ({finished})", (before,)),
             (f"DELETE FROM recipients WHERE message_id IN ({finished})", (before,)),
             (f"DELETE FROM messages WHERE id IN ({finished})", (before,)),
             # Ids start with the acceptance time in hex ms, so they compare like times.
@@ -144,10 +156,11 @@ class Spool:
         if bodies_before is not None:
             stmts.append((f"UPDATE messages SET data = NULL WHERE data IS NOT NULL AND id IN ({finished})",
                           (bodies_before,)))
+            stmts.append((f"DELETE FROM message_bodies WHERE message_id IN ({finished})", (bodies_before,)))
         await self._store.write(stmts)
 
     async def load_data(self, message_id: str) -> bytes | None:
-        row = await self._store.fetchone("SELECT data FROM messages WHERE id = ?", (message_id,))
+        row = await self._store.fetchone(BODY, (message_id,))
         return bytes(row[0]) if row and row[0] is not None else None
 
     async def by_header_message_id(self, header_id: str) -> str | None:

@@ -30,6 +30,14 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 -- A feedback report without relay's VERP token names the original by its Message-ID:.
 CREATE INDEX IF NOT EXISTS messages_header_id ON messages(json_extract(mail, '$.common_headers.messageId'));
+-- Bodies of 1 MB or more, kept apart so the body is its row's last column: SQLite then
+-- stores a zeroblob() without building it in memory, and relay writes the body into it a
+-- slice at a time (WRITE_BLOB). Bound as a parameter, a 25 MB message cost two more
+-- whole copies inside SQLite (the bound value and the record). messages.data is NULL.
+CREATE TABLE IF NOT EXISTS message_bodies (
+    message_id TEXT PRIMARY KEY REFERENCES messages(id),
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS recipients (
     message_id TEXT NOT NULL REFERENCES messages(id),
     recipient TEXT NOT NULL,
@@ -161,6 +169,10 @@ COLUMNS = (
 AFTER_COLUMNS = "CREATE INDEX IF NOT EXISTS webhook_message ON webhook_outbox(destination, message_id, seq);"
 
 Statement = tuple[str, Sequence[Any]]
+# Writes a big value into a row inserted with zeroblob(len) as its last column:
+# (WRITE_BLOB, (table, column, key column, key, value)), a slice at a time.
+WRITE_BLOB = "-- relay: write blob"
+BLOB_SLICE = 1 << 20
 T = TypeVar("T")
 
 
@@ -372,6 +384,9 @@ class Store:
         _begin(db)
         try:
             for sql, params in statements:
+                if sql == WRITE_BLOB:
+                    _write_blob(db, *params)
+                    continue
                 db.execute(sql, params)
                 if any(p.__class__ is bytes and len(p) >= BIG_VALUE for p in params):
                     _unbind(db, sql, params)
@@ -383,6 +398,16 @@ class Store:
 
 
 BIG_VALUE = 1 << 20
+
+
+def _write_blob(db: sqlite3.Connection, table: str, column: str, key_column: str, key: Any, value: bytes) -> None:
+    row = db.execute(f"SELECT rowid FROM {table} WHERE {key_column} = ?", (key,)).fetchone()
+    if row is None:
+        raise sqlite3.IntegrityError(f"no {table} row {key!r} to write {column} into")
+    view = memoryview(value)
+    with db.blobopen(table, column, row[0]) as blob:
+        for at in range(0, len(view), BLOB_SLICE):
+            blob.write(view[at:at + BLOB_SLICE])
 
 
 def _unbind(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> None:
