@@ -2,15 +2,16 @@
 # After one big message, blocks of a few MB (its decoded parts, one copy of it) come from
 # the heap instead, and their pages stay with the process when freed: a 25 MB message left
 # relay ~50 MB bigger than its live objects. A fixed threshold keeps every block over
-# 256 KB its own mapping, returned to the system when freed. Smaller blocks (a 100 KB
-# newsletter's copies) are served as before.
+# 4 MB its own mapping, returned to the system when freed. Smaller blocks are served
+# from the heap as before: a 256 KB threshold measured ~8% fewer tracking hits/s (an
+# mmap and munmap for every mid-size block), and 4 MB left a 25 MB message's peak as it was.
 from __future__ import annotations
 
 import ctypes
 import sys
 
 M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
-THRESHOLD = 256 * 1024
+THRESHOLD = 4 * 1024 * 1024
 
 
 def fix_mmap_threshold(threshold: int = THRESHOLD) -> bool:

@@ -1,19 +1,18 @@
-# A big BLOB (a 25 MB message) is committed like any value; the store then makes SQLite
-# drop its own copy of it (a cached statement keeps its last bound values), which must
-# neither undo the row nor anything else in the same commit.
+# Big values: a body of 1 MB or more is written into its own row a slice at a time (no
+# whole copies inside SQLite); a big value bound as a parameter still commits whole.
 from __future__ import annotations
 
 import os
 import sqlite3
 from pathlib import Path
 
-from relay.store import BIG_VALUE, Store
+from relay.store import BLOB_SLICE, Store
 
 INSERT = "INSERT INTO settings(key, value) VALUES (?, ?)"
 
 
 async def test_a_big_value_is_committed_whole_with_the_rest_of_its_batch(store: Store, tmp_path: Path) -> None:
-    big = os.urandom(BIG_VALUE + 12345)
+    big = os.urandom(BLOB_SLICE + 12345)
     await store.write([(INSERT, ("before", "1")), (INSERT, ("big", big)), (INSERT, ("after", "2"))])
     await store.write([(INSERT, ("small", b"x"))])  # the same statement again, bound anew
     with sqlite3.connect(tmp_path / "relay.db") as db:  # what another process would read

@@ -388,16 +388,11 @@ class Store:
                     _write_blob(db, *params)
                     continue
                 db.execute(sql, params)
-                if any(p.__class__ is bytes and len(p) >= BIG_VALUE for p in params):
-                    _unbind(db, sql, params)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
-
-
-BIG_VALUE = 1 << 20
 
 
 def _write_blob(db: sqlite3.Connection, table: str, column: str, key_column: str, key: Any, value: bytes) -> None:
@@ -408,20 +403,6 @@ def _write_blob(db: sqlite3.Connection, table: str, column: str, key_column: str
     with db.blobopen(table, column, row[0]) as blob:
         for at in range(0, len(view), BLOB_SLICE):
             blob.write(view[at:at + BLOB_SLICE])
-
-
-def _unbind(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> None:
-    """Drop SQLite's copy of a big value just bound. A cached statement keeps its last
-    bound values until it runs again, so a 25 MB message stayed in memory until the next
-    one was spooled; running it once more with the big values emptied, in a savepoint
-    rolled back, replaces them and changes nothing."""
-    db.execute("SAVEPOINT unbind")
-    try:
-        with contextlib.suppress(sqlite3.Error):  # e.g. the row's id is taken: bound all the same
-            db.execute(sql, [b"" if p.__class__ is bytes and len(p) >= BIG_VALUE else p for p in params])
-    finally:
-        db.execute("ROLLBACK TO unbind")
-        db.execute("RELEASE unbind")
 
 
 def _begin(db: sqlite3.Connection, patience: float = 10.0) -> None:
