@@ -243,10 +243,6 @@ def encode_quoted_printable_line(line: bytes, eol: bytes) -> bytes:
     return quoted_printable_wrap(quoted_printable_escape(line), eol)
 
 
-def needs_quoted_printable_escape(data: bytes) -> bool:
-    return _QP_UNSAFE_RE.search(data) is not None
-
-
 def quoted_printable_escape(data: bytes) -> bytes:
     """The escapes alone: byte by byte, so escaping pieces and joining them is the same
     as escaping the whole (what lets a template line be escaped once, its holes per copy)."""

@@ -16,7 +16,6 @@ from .mime import (
     encode_quoted_printable_line,
     encodes_by_line,
     exceeds_line_limit,
-    needs_quoted_printable_escape,
     quoted_printable_escape,
     quoted_printable_wrap,
 )
@@ -135,15 +134,16 @@ class QuotedLine:
 
     def render(self, open_url: str | None, click_urls: Sequence[str], eol: bytes) -> bytes:
         # The hot loop of a copy (one call per line with a URL): Template.write inlined.
-        charset = self.charset
+        # What fills a hole is printable ASCII (template._ascii), the same octets in every
+        # charset this class is used for; only its '=' needs escaping (RFC 2045 §6.7).
         out = [self.pieces[0]]
         for index, style, piece in self._holes:
             if index is not None:
                 text = write_url(click_urls[index], style)
             else:
                 text = "" if open_url is None else pixel(open_url)
-            written = text.encode(charset)
-            out.append(quoted_printable_escape(written) if needs_quoted_printable_escape(written) else written)
+            written = text.encode("ascii")
+            out.append(written.replace(b"=", b"=3D") if b"=" in written else written)
             out.append(piece)
         return quoted_printable_wrap(b"".join(out), eol)
 
