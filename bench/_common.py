@@ -355,7 +355,9 @@ class PySpy:
         # --gil: sample only the thread holding the GIL (where Python code runs);
         # otherwise every non-idle thread, GIL waits and blocking C calls included.
         self.proc = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-                                      "--threads", "--output", str(out), "--nonblocking"] + (["--gil"] if gil else []),
+                                      "--threads", "--output", str(out), "--nonblocking",
+                                      # relay serve forks its serving processes (`[server] processes`)
+                                      "--subprocesses"] + (["--gil"] if gil else []),
                                      stdout=subprocess.DEVNULL, stderr=open(out.with_suffix(".log"), "wb"))
 
     async def wait(self, timeout: float = 20.0) -> None:
@@ -394,8 +396,16 @@ def summarize_collapsed(path: Path, top: int = 14) -> str:
         if not stack or not n.isdigit():
             continue
         count = int(n)
+        pid = ""
+        while stack.startswith("process "):  # --subprocesses: the processes first, then the thread
+            first, _, stack = stack.partition(";")
+            pid = first[len("process "):].partition(":")[0]
         head, _, rest = stack.partition(";")
         thread = head.split(": ", 1)[-1] if head.startswith("thread ") else "?"
+        if ": " not in head and pid and head == f"thread ({pid})":
+            thread = "MainThread"  # unnamed in --subprocesses output: a process's main thread has its pid
+        elif ": " not in head:
+            thread = "other threads"
         threads[thread] = threads.get(thread, 0) + count
         if thread != "MainThread":
             continue

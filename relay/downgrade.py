@@ -35,11 +35,15 @@ _ENCODABLE_MESSAGES = frozenset({
 
 def needs_8bitmime(raw: bytes) -> bool:
     """True when the body has a byte >= 0x80 (RFC 6152: BODY=8BITMIME)."""
+    if raw.isascii():  # most mail; bytes.isascii is ~20x faster than the regex (once per copy)
+        return False
     return _EIGHT.search(raw, _body_start(raw)) is not None
 
 
 def needs_smtputf8(raw: bytes) -> bool:
     """True when the header block has a byte >= 0x80 (RFC 6531/6532 internationalized headers)."""
+    if raw.isascii():
+        return False
     return _EIGHT.search(raw, 0, _body_start(raw)) is not None
 
 

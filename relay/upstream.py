@@ -33,16 +33,16 @@ PROBE_AFTER = 1.0
 # last: a 25 MB message then costs no whole-message copies on its way out.
 DATA_CHUNK = 256 * 1024
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")  # every line ending, bare CR and LF too
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 def _wire(piece: bytes) -> bytes:
     """One slice (starting at a line start) with CRLF line endings and leading dots doubled."""
     if not piece.count(b"\r") == piece.count(b"\n") == piece.count(b"\r\n"):
         piece = _LINE_ENDINGS.sub(b"\r\n", piece)  # some bare CR or LF (counting is ~5x cheaper)
-    if b"\n." in piece or piece[:1] == b".":
-        piece = _LEADING_DOT.sub(b"..", piece)
-    return piece
+    # Leading dots doubled (RFC 5321 §4.5.2): a slice starts at a line start, and every
+    # other line start follows an LF once line endings are CRLF.
+    piece = piece.replace(b"\n.", b"\n..")
+    return b"." + piece if piece[:1] == b"." else piece
 
 
 def data_chunks(data: bytes, size: int = DATA_CHUNK) -> Iterator[bytes]:
