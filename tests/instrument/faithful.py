@@ -193,7 +193,13 @@ def _diff_text(old: str, new: str, prepared: Prepared, changes: Changes) -> None
 # Coarse tokens: whole tags and the text between them. Edits never add or remove a
 # tag, so after dropping pixels and merging adjacent text the two documents pair up
 # token by token, with no alignment guesswork between repeated identical tags.
-_OUTER_RE = re.compile(r"<[^<>]*>|[^<]+|<")
+# A start or end tag runs to the first ">" even through a "<": in the tag name state and
+# in attribute names "<" is just a character (HTML §13.2.5.8, .32), so "<a<!--x>" is one
+# tag, not a text and a comment. So does a markup declaration that is not a comment
+# ("<!DOCTYPE", "<![CDATA[" outside foreign content, any other "<!"), a "<?" and a "</"
+# not followed by a letter: bogus comments, to the first ">" (§13.2.5.41-42, .6-7). One
+# that the document ends inside is no text either (eof-in-tag: browsers drop it).
+_OUTER_RE = re.compile(r"</?[A-Za-z][^>]*(?:>|\Z)|<(?:!|\?|/(?=[^A-Za-z]))[^>]*(?:>|\Z)|<[^<>]*>|[^<]+|<")
 # A comment is one token, whatever it holds (HTML §13.2.5.43-52): it ends at the first
 # "-->" or "--!>" ("<!-->" and "<!--->" are empty), else at the end of the document
 # (eof-in-comment). Not so inside raw text or script data, where "<!--" is text.
@@ -256,6 +262,8 @@ def _diff_html(old: str, new: str, prepared: Prepared, changes: Changes) -> None
             continue
         if len(old_token) > 1 and old_token[0] == "<" and old_token[-1] == ">":
             _diff_tokens(old_token, new_token, prepared, changes)
+        elif len(old_token) > 1 and old_token[0] == "<":  # a tag or bogus comment the document ends inside
+            raise AssertionError(f"an unfinished tag changed: {old_token!r} -> {new_token!r}")
         else:  # text: only {{ses:openTracker}} placeholders may go
             assert _PLACEHOLDER_RE.sub("", old_token) == new_token, f"text changed: {old_token!r} -> {new_token!r}"
             changes.removed += _PLACEHOLDER_RE.findall(old_token)
