@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from relay.events.records import MailInfo
-from relay.store import BLOB_SLICE, WRITE_BLOB, Statement, Store
+from relay.store import BLOB_SLICE, WRITE_BLOB, Statement, Store, reads
 from relay.unsubscribe import ListManagement
 
 
@@ -52,11 +52,6 @@ def mail_from_json(text: str) -> MailInfo:
         headers=tuple((h[0], h[1]) for h in d["headers"]), headers_truncated=d["headers_truncated"],
         common_headers=d["common_headers"], tags=d["tags"],
     )
-
-
-# A message's body: inline, or (1 MB or more) in message_bodies.
-BODY = ("SELECT COALESCE(m.data, b.data) FROM messages m LEFT JOIN message_bodies b ON b.message_id = m.id "
-        "WHERE m.id = ?")
 
 
 def put_statements(job: Job) -> list[Statement]:
@@ -160,8 +155,7 @@ class Spool:
         await self._store.write(stmts)
 
     async def load_data(self, message_id: str) -> bytes | None:
-        row = await self._store.fetchone(BODY, (message_id,))
-        return bytes(row[0]) if row and row[0] is not None else None
+        return await reads.message_body(self._store, message_id)
 
     async def by_header_message_id(self, header_id: str) -> str | None:
         """The message (the latest, if several) whose Message-ID: header was this."""

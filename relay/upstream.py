@@ -96,17 +96,13 @@ class SmtpUpstream:
             try:
                 client, checked = await self._acquire()
                 try:
-                    replies = await self._transaction(client, mail_from, recipients, data)
-                except _Stale as stale:
+                    replies = await (self._checked if checked else self._transaction)(
+                        client, mail_from, recipients, data)
+                except _Stale:  # reused without RSET and gone at MAIL: nothing accepted, so once more
                     self._discard(client)
                     client = None
-                    if checked:
-                        raise stale.cause from None
                     client = await self._connect()
-                    try:
-                        replies = await self._transaction(client, mail_from, recipients, data)
-                    except _Stale as again:
-                        raise again.cause from None
+                    replies = await self._checked(client, mail_from, recipients, data)
             except _StepFailed as e:
                 self._discard(client)
                 return {r: e.reply for r in recipients}
@@ -189,6 +185,14 @@ class SmtpUpstream:
             # the recipients': report it as "no reply" so messages wait instead of bouncing.
             raise _StepFailed(Reply(0, f"upstream {step} failed: {e.code} {e.message}", self._remote)) from None
         return client
+
+    async def _checked(self, client: aiosmtplib.SMTP, mail_from: str,
+                       recipients: Sequence[str], data: bytes) -> dict[str, Reply]:
+        """_transaction on a connection known to work: a failure at MAIL is the reply."""
+        try:
+            return await self._transaction(client, mail_from, recipients, data)
+        except _Stale as stale:
+            raise stale.cause from None
 
     async def _transaction(self, client: aiosmtplib.SMTP, mail_from: str,
                            recipients: Sequence[str], data: bytes) -> dict[str, Reply]:

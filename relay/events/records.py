@@ -109,7 +109,7 @@ def mail_info(*, message_id: str, timestamp: datetime, source: str, destination:
     if configuration_set:
         tags["ses:configuration-set"] = [configuration_set]
     tags["ses:source-ip"] = [source_ip]
-    domain = _from_domain(all_headers, from_pairs)
+    domain = _from_domain(from_pairs)
     if domain:
         tags["ses:from-domain"] = [domain]
     if caller_identity:
@@ -365,16 +365,12 @@ def _common_and_from(headers: Sequence[tuple[str, str]]) -> tuple[dict[str, Any]
     return common, from_pairs
 
 
-def _from_domain(headers: Sequence[tuple[str, str]],
-                 from_pairs: list[tuple[str, str]] | None = None) -> str | None:
-    """The first From address's domain; from_pairs: its _addresses() when known."""
-    for name, value in headers:
-        if name.lower() == "from":
-            for _, addr_spec in from_pairs if from_pairs is not None else _addresses("from", value):
-                domain = addr_spec.rpartition("@")[2].strip().lower()
-                if "@" in addr_spec and domain:
-                    return domain
-            return None
+def _from_domain(from_pairs: list[tuple[str, str]] | None) -> str | None:
+    """The domain of the first From field's first address (its _addresses(); None: no From)."""
+    for _, addr_spec in from_pairs or ():
+        domain = addr_spec.rpartition("@")[2].strip().lower()
+        if "@" in addr_spec and domain:
+            return domain
     return None
 
 

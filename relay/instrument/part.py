@@ -123,8 +123,7 @@ class QuotedLine:
     escapes only what fills the holes, then soft-breaks the line (RFC 2045 §6.7)."""
 
     template: Template
-    pieces: tuple[bytes, ...]  # template.pieces, encoded in the charset and escaped
-    charset: str
+    pieces: tuple[bytes, ...]  # template.pieces, encoded in the part's charset and escaped
 
     @cached_property
     def _holes(self) -> tuple[tuple[int | None, str, bytes], ...]:
@@ -166,8 +165,7 @@ def _quoted_printable_lines(leaf: Leaf, charset: str,
             lines.append(leaf.eol.join(static))
             static = []
         if stateless:
-            lines.append(QuotedLine(line, tuple(quoted_printable_escape(p.encode(charset)) for p in line.pieces),
-                                    charset))
+            lines.append(QuotedLine(line, tuple(quoted_printable_escape(p.encode(charset)) for p in line.pieces)))
         else:
             lines.append(line)
     if static:

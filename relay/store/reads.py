@@ -138,6 +138,7 @@ async def message(store: Store, message_id: str) -> tuple[tuple[Any, ...] | None
 
 
 async def message_body(store: Store, message_id: str) -> bytes | None:
+    """A message's body: inline, or (1 MB or more) in message_bodies; None once dropped."""
     row = await store.fetchone("SELECT COALESCE(m.data, b.data) FROM messages m LEFT JOIN message_bodies b "
                                "ON b.message_id = m.id WHERE m.id = ?", (message_id,))
     return bytes(row[0]) if row and row[0] is not None else None

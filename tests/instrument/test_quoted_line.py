@@ -23,6 +23,6 @@ def test_escaped_once_equals_escaped_per_copy(pieces: list[str], urls: list[str]
     pieces = [p.encode(charset, "ignore").decode(charset) for p in pieces]  # representable text only
     slots = tuple(Slot(i % 3, style) for i in range(len(pieces) - 1))
     template = Template(tuple(pieces), slots)
-    line = QuotedLine(template, tuple(quoted_printable_escape(p.encode(charset)) for p in pieces), charset)
+    line = QuotedLine(template, tuple(quoted_printable_escape(p.encode(charset)) for p in pieces))
     expected = encode_quoted_printable_line(template.fill(None, urls).encode(charset), eol)
     assert line.render(None, urls, eol) == expected
